@@ -1,0 +1,142 @@
+"""Wire format v1: one chunk of events per Kafka message.
+
+Topics are shared and their bytes are untrusted, so a message is an Arrow IPC
+stream (one record batch, compressed inside IPC) that any language can read,
+never a pickle. The key is the chunk's identity, so a chunk published twice is
+recognised downstream; the headers repeat what a consumer needs to route or
+skip a message without decoding it. ``docs/wire-format.md`` is the spec.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import awkward as ak
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+CONTENT_TYPE = "application/vnd.apache.arrow.stream"
+
+
+class WireError(ValueError):
+    """A message that is not a valid v1 chunk; says which header or byte range is at fault."""
+
+
+@dataclass(frozen=True, order=True)
+class ChunkId:
+    """Where a chunk came from: the entries ``[entry_start, entry_stop)`` of one tree of one file.
+
+    The file is named by its ROOT UUID, not its URL, so the same file reached
+    through another redirector or mirror gives the same identity.
+
+    >>> ChunkId.from_key(ChunkId("6f1c", "Events", 0, 100).key())
+    ChunkId(file_uuid='6f1c', tree='Events', entry_start=0, entry_stop=100)
+    """
+
+    file_uuid: str
+    tree: str
+    entry_start: int
+    entry_stop: int
+
+    def key(self) -> bytes:
+        return f"{self.file_uuid}/{self.tree}/{self.entry_start}-{self.entry_stop}".encode()
+
+    @classmethod
+    def from_key(cls, key: bytes | None) -> ChunkId:
+        try:
+            text = key.decode()
+            rest, entries = text.rsplit("/", 1)
+            file_uuid, tree = rest.split("/", 1)
+            start, stop = (int(part) for part in entries.split("-"))
+        except (AttributeError, UnicodeDecodeError, ValueError):
+            raise WireError(f"message key {key!r} is not '<file_uuid>/<tree>/<entry_start>-<entry_stop>'") from None
+        return cls(file_uuid, tree, start, stop)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A decoded message: the events as an Arrow record batch, plus where they came from."""
+
+    id: ChunkId
+    dataset: str
+    source: str
+    batch: pa.RecordBatch
+    label: int | None = None
+
+    @property
+    def events(self) -> int:
+        return self.batch.num_rows
+
+
+def awkward_to_batch(array: ak.Array) -> pa.RecordBatch:
+    """Awkward record array (as uproot reads it) to one Arrow batch with plain, 32-bit-offset lists."""
+    table = ak.to_arrow_table(array, extensionarray=False, list_to32=True, string_to32=True)
+    batches = table.combine_chunks().to_batches()
+    if not batches:
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    return batches[0]
+
+
+def encode(chunk: Chunk, compression: str | None = "zstd") -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Return ``(key, value, headers)`` ready for ``KafkaProducer.send``."""
+    sink = io.BytesIO()
+    options = pa.ipc.IpcWriteOptions(compression=None if compression in (None, "none") else compression)
+    with pa.ipc.new_stream(sink, chunk.batch.schema, options=options) as writer:
+        writer.write_batch(chunk.batch)
+    headers = {
+        "format_version": str(FORMAT_VERSION),
+        "content_type": CONTENT_TYPE,
+        "dataset": chunk.dataset,
+        "source": chunk.source,
+        "tree": chunk.id.tree,
+        "entry_start": str(chunk.id.entry_start),
+        "entry_stop": str(chunk.id.entry_stop),
+        "events": str(chunk.events),
+    }
+    if chunk.label is not None:
+        headers["label"] = str(chunk.label)
+    return chunk.id.key(), sink.getvalue(), [(name, value.encode()) for name, value in headers.items()]
+
+
+def _header_map(headers) -> dict[str, str]:
+    try:
+        return {name: bytes(value).decode() for name, value in (headers or [])}
+    except (TypeError, ValueError, UnicodeDecodeError) as error:
+        raise WireError(f"headers are not UTF-8 name/value pairs: {error}") from None
+
+
+def _int_header(headers: dict[str, str], name: str) -> int:
+    try:
+        return int(headers[name])
+    except KeyError:
+        raise WireError(f"header {name!r} is missing") from None
+    except ValueError:
+        raise WireError(f"header {name!r} is {headers[name]!r}, not an integer") from None
+
+
+def decode(key: bytes | None, value: bytes | None, headers) -> Chunk:
+    """Parse one message; any defect raises :class:`WireError` naming the header or byte offset."""
+    meta = _header_map(headers)
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise WireError(f"header 'format_version' is {version!r}; this reader understands {FORMAT_VERSION!r}")
+    if meta.get("content_type") != CONTENT_TYPE:
+        raise WireError(f"header 'content_type' is {meta.get('content_type')!r}, expected {CONTENT_TYPE!r}")
+    chunk_id = ChunkId.from_key(key)
+    if not value:
+        raise WireError("message value is empty")
+    reader = None
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(value))
+        batches = list(reader)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as error:
+        raise WireError(f"value ({len(value)} bytes) is not an Arrow IPC stream: {error}") from None
+    if len(batches) != 1:
+        raise WireError(f"value holds {len(batches)} record batches; v1 carries exactly one")
+    batch = batches[0]
+    declared = _int_header(meta, "events")
+    if declared != batch.num_rows:
+        raise WireError(f"header 'events' says {declared} but the record batch has {batch.num_rows} rows")
+    label = _int_header(meta, "label") if "label" in meta else None
+    return Chunk(chunk_id, meta.get("dataset", ""), meta.get("source", ""), batch, label)

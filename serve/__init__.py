@@ -1,0 +1,1 @@
+"""Serving: the newest model version over HTTP, swapped in without stalling requests."""

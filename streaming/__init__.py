@@ -1,0 +1,1 @@
+"""Producing: ROOT files read chunk by chunk with uproot, published to Kafka."""
