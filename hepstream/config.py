@@ -121,6 +121,7 @@ class TrainingConfig(_Section):
     batch_size: int = Field(default=512, ge=1)
     learning_rate: float = Field(default=2e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    chunks_per_step: int = Field(default=8, ge=1, description="Chunks polled and learned together, shuffled")
     checkpoint_every_s: float = Field(default=3.0, gt=0, description="Publish a model version at most this often")
     metrics_window: int = Field(default=20_000, ge=100, description="Events in the sliding window of running metrics")
     seed: int = 0
