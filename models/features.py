@@ -59,8 +59,11 @@ def _jagged_parts(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndar
     column = _column(batch, name)
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
         raise FeatureError(name, f"expected a list of numbers per event, got Arrow type {column.type}")
-    if not (pa.types.is_integer(column.type.value_type) or pa.types.is_floating(column.type.value_type)):
-        raise FeatureError(name, f"expected numbers inside the list, got {column.type.value_type}")
+    value_type = column.type.value_type
+    # All-empty lists (no object in any event) come out of JSON as list<null>.
+    empty = pa.types.is_null(value_type) and len(column.values) == 0
+    if not (empty or pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+        raise FeatureError(name, f"expected numbers inside the list, got {value_type}")
     if column.null_count:
         raise FeatureError(name, f"{column.null_count} event(s) have a null list")
     offsets = column.offsets.to_numpy()

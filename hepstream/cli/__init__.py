@@ -1,7 +1,41 @@
-"""The ``hepstream`` command."""
+"""The ``hepstream`` command: one sub-command per job, each in its own module.
+
+Every sub-command that talks to services takes ``--config FILE`` (YAML, see
+docs/configuration.md); ``HEPSTREAM_CONFIG`` sets it from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
 
+from hepstream import __version__
+from hepstream.cli import datagen, demo, jobs
+from hepstream.config import ConfigError
 
-def main(argv=None) -> int:
-    print("hepstream: no commands yet", file=sys.stderr)
-    return 2
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hepstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hepstream {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (demo, datagen, jobs):
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        print(f"hepstream: configuration error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hepstream: interrupted", file=sys.stderr)
+        return 130

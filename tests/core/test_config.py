@@ -1,0 +1,70 @@
+import pytest
+
+from hepstream.config import Config, ConfigError, config_from_dict, load_config, parse_bytes
+
+
+def test_empty_file_gives_one_machine_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    config = load_config(path)
+    assert config == Config()
+    assert config.kafka.bootstrap is None
+    assert config.serve.host == "127.0.0.1"
+    assert config.dataset.topic == "demo.events"
+
+
+def test_sizes_accept_units():
+    config = config_from_dict({"kafka": {"max_message_bytes": "8 MB"}, "producer": {"step_size": "1 MiB"}})
+    assert config.kafka.max_message_bytes == 8_000_000
+    assert config.producer.step_size == 1_048_576
+    assert parse_bytes(" 2.5 kB ") == 2500
+
+
+@pytest.mark.parametrize("bad", ["eight MB", "4 parsecs", "-1 MB", 0, True])
+def test_bad_sizes_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_bytes(bad)
+
+
+def test_every_problem_is_named_by_its_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "kafka:\n  partitions: 0\n  compresion: zstd\n"
+        "features:\n  jagged:\n    - branches: [Muon_pt]\n      length: -3\n"
+        "trainig: {}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "4 problem(s)" in message
+    assert "kafka.partitions:" in message
+    assert "kafka.compresion: unknown key" in message
+    assert "features.jagged.0.length:" in message
+    assert "trainig: unknown key" in message
+
+
+def test_chunks_must_fit_in_messages():
+    with pytest.raises(ConfigError, match=r"producer.step_size .* exceeds kafka.max_message_bytes"):
+        config_from_dict({"producer": {"step_size": "8 MB"}, "kafka": {"max_message_bytes": "4 MB"}})
+
+
+def test_sort_key_must_be_a_selected_branch():
+    with pytest.raises(ConfigError, match="sort_by 'Jet_pt' must be one of"):
+        config_from_dict({"features": {"jagged": [{"branches": ["Muon_pt"], "sort_by": "Jet_pt"}]}})
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "nope.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(listing)
+
+
+def test_feature_branches_keep_order_without_repeats():
+    config = config_from_dict(
+        {"features": {"flat": ["MET_pt"], "jagged": [{"branches": ["Muon_pt", "Muon_eta"]}, {"branches": ["Muon_pt"]}]}}
+    )
+    assert config.features.branches == ["MET_pt", "Muon_pt", "Muon_eta"]

@@ -1,0 +1,75 @@
+import awkward as ak
+import numpy as np
+import pyarrow as pa
+import pytest
+import skhep_testdata
+import uproot
+
+from hepstream import wire
+from hepstream.wire import Chunk, ChunkId, WireError
+
+
+def _roundtrip(chunk, compression="zstd"):
+    key, value, headers = wire.encode(chunk, compression)
+    return wire.decode(key, value, headers), (key, value, headers)
+
+
+def test_jagged_awkward_roundtrip_equals_uproot_reading():
+    path = skhep_testdata.data_path("uproot-HZZ.root")
+    tree = uproot.open(path)["events"]
+    branches = ["NMuon", "Muon_Px", "Muon_Charge", "Jet_E", "MET_px", "triggerIsoMu24", "EventWeight"]
+    original = tree.arrays(branches, entry_start=100, entry_stop=600)
+    chunk = Chunk(ChunkId(str(tree.file.uuid), "events", 100, 600), "hzz", path, wire.awkward_to_batch(original), 1)
+    decoded, (key, value, headers) = _roundtrip(chunk)
+    assert decoded.id == chunk.id
+    assert decoded.label == 1 and decoded.source == path and decoded.dataset == "hzz"
+    assert decoded.events == 500
+    back = ak.from_arrow(decoded.batch)
+    for name in branches:
+        assert ak.to_list(back[name]) == ak.to_list(original[name]), name
+    assert dict(headers)["entry_start"] == b"100"
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4", None])
+def test_lists_stay_plain_arrow_lists(compression):
+    batch = wire.awkward_to_batch(ak.Array({"x": [[1.5, 2.5], [], [3.0]], "n": [2, 0, 1]}))
+    assert pa.types.is_list(batch.schema.field("x").type)  # not an awkward extension type
+    decoded, _ = _roundtrip(Chunk(ChunkId("u", "t", 0, 3), "d", "s", batch), compression)
+    assert decoded.batch.column("x").to_pylist() == [[1.5, 2.5], [], [3.0]]
+
+
+def _valid():
+    batch = pa.record_batch({"x": np.arange(4.0)})
+    return wire.encode(Chunk(ChunkId("u", "Events", 0, 4), "d", "s", batch))
+
+
+def test_garbage_value_is_named():
+    key, value, headers = _valid()
+    with pytest.raises(WireError, match=r"value \(8 bytes\) is not an Arrow IPC stream"):
+        wire.decode(key, b"\x00garbage", headers)
+
+
+def test_unknown_format_version_is_refused():
+    key, value, headers = _valid()
+    headers = [(n, b"99" if n == "format_version" else v) for n, v in headers]
+    with pytest.raises(WireError, match="format_version' is '99'"):
+        wire.decode(key, value, headers)
+
+
+def test_event_count_must_match_header():
+    key, value, headers = _valid()
+    headers = [(n, b"5" if n == "events" else v) for n, v in headers]
+    with pytest.raises(WireError, match="header 'events' says 5 but the record batch has 4 rows"):
+        wire.decode(key, value, headers)
+
+
+@pytest.mark.parametrize("key", [None, b"nonsense", b"\xff\xfe", b"u/t/1-x"])
+def test_bad_keys(key):
+    _, value, headers = _valid()
+    with pytest.raises(WireError, match="message key"):
+        wire.decode(key, value, headers)
+
+
+def test_tree_names_with_slashes_roundtrip():
+    chunk_id = ChunkId("abc", "dir/sub/Events", 5, 10)
+    assert ChunkId.from_key(chunk_id.key()) == chunk_id

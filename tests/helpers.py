@@ -1,0 +1,49 @@
+"""Small helpers the integration tests share: configs pointing at a test's own topic and store."""
+
+from __future__ import annotations
+
+import awkward as ak
+from kafka import KafkaConsumer, TopicPartition
+
+from hepstream import wire
+from hepstream.config import config_from_dict
+
+
+def pipeline_config(topic: str, files, store, **sections):
+    """A config whose dataset name gives ``topic`` (``<name>.events``)."""
+    name = topic.removesuffix(".events")
+    data = {
+        "dataset": {"name": name, "files": [{"url": str(url), "label": label} for url, label in files]},
+        "kafka": {"partitions": 3},
+        "producer": {"max_chunk_events": 700, "step_size": "1 MB"},
+        "training": {"checkpoint_every_s": 0.2},
+        "store": {"path": str(store)},
+        "model": {"name": "m", "hidden": [16]},
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    return config_from_dict(data)
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
+    """Every record of a topic, read with explicit assignment (no slow group join)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        records = []
+        for _ in range(int(timeout_s * 5)):
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            if all(consumer.position(tp) >= ends[tp] for tp in partitions):
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def decoded_events(records) -> dict[str, ak.Array]:
+    """Chunks of a topic keyed by chunk key, as awkward arrays."""
+    return {r.key.decode(): ak.from_arrow(wire.decode(r.key, r.value, r.headers).batch) for r in records}

@@ -1,0 +1,110 @@
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from kafka import KafkaProducer
+
+from hepstream import wire
+from hepstream.models.metrics import roc_auc
+from hepstream.models.store import ModelStore
+from hepstream.models.trainer import StreamTrainer
+from hepstream.streaming.datagen import generate_file
+from hepstream.streaming.producer import Producer
+from tests.helpers import pipeline_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def labelled_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    return [
+        (generate_file(folder / "sig.root", "signal", 6000, seed=11), 1),
+        (generate_file(folder / "bkg.root", "background", 6000, seed=12), 0),
+    ]
+
+
+def _produce(config, bootstrap):
+    producer = Producer(config, bootstrap)
+    try:
+        return producer.run(config.dataset.files)
+    finally:
+        producer.close()
+
+
+def _train_until(trainer: StreamTrainer, done, timeout_s: float = 60.0) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=trainer.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done(trainer) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert done(trainer), trainer.status()
+
+
+def _send_raw(bootstrap, topic, key, value, headers):
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    producer.send(topic, key=key, value=value, headers=headers, partition=0)
+    producer.flush()
+    producer.close()
+
+
+def test_learns_every_event_once_and_survives_poison(broker, unique_topic, labelled_files, tmp_path):
+    config = pipeline_config(unique_topic, labelled_files, tmp_path / "store")
+    report = _produce(config, broker.bootstrap)
+    topic = config.dataset.topic
+    _send_raw(broker.bootstrap, topic, b"not-a-key", b"\x00garbage", [("format_version", b"1")])
+    batch = pa.record_batch({"MET_pt": [1.0]})
+    key, value, headers = wire.encode(wire.Chunk(wire.ChunkId("u", "Events", 0, 1), "d", "s", batch, 1))
+    _send_raw(broker.bootstrap, topic, key, value, [(n, b"2" if n == "format_version" else v) for n, v in headers])
+
+    trainer = StreamTrainer(config, broker.bootstrap)
+    _train_until(trainer, lambda t: t.counters["bad_messages"] == 2 and t.counters["events_trained"] >= report.events)
+    status = trainer.status()
+    assert status["events_trained"] == report.events == 12000
+    assert status["duplicate_chunks"] == 0
+    assert "format_version" in status["last_error"] or "message key" in status["last_error"]
+
+    store = ModelStore(tmp_path / "store", "m")
+    model = store.load(store.latest())
+    assert model.meta["events_seen"] == 12000
+    assert model.meta["counters"]["bad_messages"] == 2
+    assert sum(model.meta["offsets"].values()) == sum(status["offsets"].values())
+
+    holdout = [(generate_file(tmp_path / f"h{label}.root", kind, 2000, seed=40 + label), label)
+               for kind, label in (("signal", 1), ("background", 0))]
+    import uproot
+    scores, labels = [], []
+    for path, label in holdout:
+        arrays = uproot.open(path)["Events"].arrays(config.features.branches)
+        scores.append(model.predict(wire.awkward_to_batch(arrays)))
+        labels.append(np.full(len(arrays), label))
+    auc = roc_auc(np.concatenate(scores), np.concatenate(labels))
+    assert auc > 0.75, auc  # 12k events, one pass, a 16-unit network: well above chance
+
+
+def test_restart_resumes_from_checkpoint_and_skips_resent_chunks(broker, unique_topic, labelled_files, tmp_path):
+    config = pipeline_config(unique_topic, labelled_files[:1], tmp_path / "store")
+    first_report = _produce(config, broker.bootstrap)
+    first = StreamTrainer(config, broker.bootstrap)
+    _train_until(first, lambda t: t.counters["events_trained"] >= first_report.events)
+    version = first.version
+
+    # The producer runs again (say, after a crash before it recorded progress): every chunk is re-sent.
+    again = _produce(config, broker.bootstrap)
+    second = StreamTrainer(config, broker.bootstrap)
+    assert second.version == version and second.counters["events_trained"] == 6000
+    _train_until(second, lambda t: t.counters["duplicate_chunks"] >= first.counters["chunks"])
+    status = second.status()
+    assert status["events_trained"] == 6000  # nothing learned twice
+    assert status["duplicate_chunks"] == first.counters["chunks"]
+    assert again.events == 6000
+    store = ModelStore(tmp_path / "store", "m")
+    assert store.latest() > version
+    assert store.read(store.latest())[0]["parent"] == store.versions()[-2]

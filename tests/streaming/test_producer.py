@@ -1,0 +1,106 @@
+import shutil
+
+import awkward as ak
+import pytest
+import uproot
+
+from hepstream import wire
+from hepstream.streaming.datagen import generate_file
+from hepstream.streaming.producer import Producer
+from tests.helpers import pipeline_config, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("produce")
+    return [
+        (generate_file(folder / "sig.root", "signal", 2500, seed=1), 1),
+        (generate_file(folder / "bkg.root", "background", 1800, seed=2), 0),
+    ]
+
+
+def _produce(config, bootstrap):
+    producer = Producer(config, bootstrap)
+    try:
+        return producer.run(config.dataset.files)
+    finally:
+        producer.close()
+
+
+def _assert_topic_equals_files(bootstrap, topic, files, branches):
+    records = read_topic(bootstrap, topic)
+    by_file = {}
+    for record in records:
+        chunk = wire.decode(record.key, record.value, record.headers)
+        by_file.setdefault(chunk.source, []).append(chunk)
+    assert len(by_file) == len(files)
+    for source, label in files:
+        chunks = sorted(by_file[str(source)], key=lambda c: c.id.entry_start)
+        assert {c.label for c in chunks} == {label}
+        starts = [c.id.entry_start for c in chunks]
+        stops = [c.id.entry_stop for c in chunks]
+        assert starts[0] == 0 and starts[1:] == stops[:-1]  # contiguous, no gap, no overlap
+        got = ak.concatenate([ak.from_arrow(c.batch) for c in chunks])
+        expected = uproot.open(str(source))["Events"].arrays(branches)
+        assert stops[-1] == len(expected)
+        for name in branches:
+            assert ak.to_list(got[name]) == ak.to_list(expected[name]), (source, name)
+    return records
+
+
+def test_every_event_arrives_equal_to_uproot(broker, unique_topic, small_files, tmp_path):
+    config = pipeline_config(unique_topic, small_files, tmp_path / "store")
+    report = _produce(config, broker.bootstrap)
+    assert report.events == 4300 and not report.failed
+    records = _assert_topic_equals_files(broker.bootstrap, config.dataset.topic, small_files, config.features.branches)
+    assert {r.partition for r in records} == {0, 1, 2}  # chunks spread over every partition
+    assert len({r.key for r in records}) == len(records)
+
+
+def test_reads_over_xrootd(broker, xrootd_server, unique_topic, small_files, tmp_path):
+    files = []
+    for path, label in small_files:
+        served = shutil.copy(path, xrootd_server.root_dir)
+        files.append((xrootd_server.url_for(served), label))
+    config = pipeline_config(unique_topic, files, tmp_path / "store")
+    report = _produce(config, broker.bootstrap)
+    assert report.events == 4300 and not report.failed
+    _assert_topic_equals_files(broker.bootstrap, config.dataset.topic, files, config.features.branches)
+
+
+def test_bad_files_are_reported_and_skipped(broker, unique_topic, small_files, tmp_path):
+    truncated = tmp_path / "truncated.root"
+    truncated.write_bytes(small_files[0][0].read_bytes()[:5000])
+    no_branch = tmp_path / "other.root"
+    with uproot.recreate(no_branch) as f:
+        f.mktree("Events", {"MET_pt": "f4"}).extend({"MET_pt": [1.0, 2.0]})
+    files = [(tmp_path / "missing.root", 0), (truncated, 1), small_files[1], (no_branch, 0)]
+    config = pipeline_config(unique_topic, files, tmp_path / "store")
+    report = _produce(config, broker.bootstrap)
+    failures = report.as_dict()["failures"]
+    assert set(failures) == {str(tmp_path / "missing.root"), str(truncated), str(no_branch)}
+    assert failures[str(tmp_path / "missing.root")] == "no such file"
+    assert "lacks branch(es)" in failures[str(no_branch)] and "Muon_pt" in failures[str(no_branch)]
+    assert report.events == 1800  # the good file went through whole
+    assert report.as_dict()["files_ok"] == 1
+
+
+def test_missing_tree_suggests_names(broker, unique_topic, small_files, tmp_path):
+    config = pipeline_config(unique_topic, small_files[:1], tmp_path / "store", dataset={"tree": "Event"})
+    report = _produce(config, broker.bootstrap)
+    assert "has no tree 'Event' (did you mean 'Events'?)" in report.failed[0].error
+
+
+def test_chunks_too_big_for_a_message_are_split(broker, unique_topic, small_files, tmp_path):
+    config = pipeline_config(
+        unique_topic, small_files[:1], tmp_path / "store",
+        kafka={"max_message_bytes": 40_000, "compression": "none"},
+        producer={"step_size": 40_000, "max_chunk_events": 2500},
+    )
+    report = _produce(config, broker.bootstrap)
+    records = read_topic(broker.bootstrap, config.dataset.topic)
+    assert report.events == 2500 and len(records) > 2
+    assert max(len(r.value) for r in records) < 40_000
+    assert sum(int(dict(r.headers)["events"]) for r in records) == 2500
