@@ -90,9 +90,10 @@ def _demo_config(workdir: Path, train_files, read_url, port: int, bootstrap: str
         {
             "dataset": {"name": "demo", "files": [{"url": read_url(p), "label": label} for p, label in train_files]},
             "kafka": {"bootstrap": bootstrap},
-            "producer": {"max_chunk_events": 10_000},
+            # Small chunks and frequent versions, so that a short demo shows models being swapped in.
+            "producer": {"max_chunk_events": 5_000},
             "model": {"name": "demo"},
-            "training": {"checkpoint_every_s": 2.0},
+            "training": {"checkpoint_every_s": 1.0},
             "store": {"path": str(workdir / "store")},
             "serve": {"port": port},
         },
@@ -104,7 +105,7 @@ def run_demo(args, progress: Progress) -> dict:
     import ray
 
     from hepstream.models.actor import spawn_trainer
-    from hepstream.serve.app import start_serve, stop_serve
+    from hepstream.serve.deployment import start_serve, stop_serve
     from hepstream.stack.broker import EmbeddedBroker
     from hepstream.stack.xrootd import XRootDServer
     from hepstream.streaming.datagen import generate_demo

