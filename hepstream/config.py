@@ -65,7 +65,7 @@ class DatasetConfig(_Section):
 
 
 class KafkaConfig(_Section):
-    bootstrap: str | None = Field(default=None, description="host:port list; empty starts the embedded broker")
+    bootstrap: str | None = Field(default=None, description="host:port[,host:port...]; unset: `hepstream demo` starts its own broker")
     partitions: int = Field(default=4, ge=1, le=1024)
     compression: Literal["zstd", "lz4", "gzip", "snappy", "none"] = "zstd"
     max_message_bytes: ByteSize = Field(default=4_000_000, description="Topic max.message.bytes; chunks stay below it")
@@ -140,10 +140,6 @@ class ServeConfig(_Section):
     max_events_per_request: int = Field(default=100_000, ge=1)
 
 
-class XRootDConfig(_Section):
-    enabled: bool = Field(default=True, description="Serve local data over root:// when the xrootd binary exists")
-
-
 class Config(_Section):
     """The whole pipeline: what to read, where to stream it, how to learn and serve."""
 
@@ -155,7 +151,6 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     store: StoreConfig = StoreConfig()
     serve: ServeConfig = ServeConfig()
-    xrootd: XRootDConfig = XRootDConfig()
 
     @model_validator(mode="after")
     def _chunks_fit_messages(self) -> Config:

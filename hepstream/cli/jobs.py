@@ -85,7 +85,8 @@ def run_serve(args) -> int:
     ray.init(include_dashboard=False, logging_level="WARNING")
     try:
         url = start_serve(Path(config.store.path).resolve(), config.model.name, host=config.serve.host,
-                          port=config.serve.port, poll_interval_s=config.serve.poll_interval_s)
+                          port=config.serve.port, poll_interval_s=config.serve.poll_interval_s,
+                          max_events_per_request=config.serve.max_events_per_request)
         print(f"serving model {config.model.name!r} from {config.store.path} on {url}", flush=True)
         _wait_for_signal().wait()
     finally:

@@ -68,3 +68,21 @@ def test_feature_branches_keep_order_without_repeats():
         {"features": {"flat": ["MET_pt"], "jagged": [{"branches": ["Muon_pt", "Muon_eta"]}, {"branches": ["Muon_pt"]}]}}
     )
     assert config.features.branches == ["MET_pt", "Muon_pt", "Muon_eta"]
+
+
+def _keys(model, prefix=""):
+    for name, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if hasattr(type(default), "model_fields") and not isinstance(default, list):
+            yield from _keys(type(default), f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_every_key_is_documented():
+    from pathlib import Path
+
+    reference = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    missing = [key for key in _keys(Config) if f"`{key}`" not in reference]
+    assert not missing, f"docs/configuration.md lacks {missing}"
+    assert len(list(_keys(Config))) > 25

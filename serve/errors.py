@@ -1,0 +1,28 @@
+"""The one exception a request handler raises to answer with an error.
+
+Parsers (native JSON today, Open Inference Protocol and TFaaS later) and
+route handlers raise it wherever they find the problem; the app turns it into
+the HTTP answer in one place, so every protocol reports errors the same way:
+a status, a message a physicist can act on, and the field at fault.
+"""
+
+from __future__ import annotations
+
+
+class RequestError(Exception):
+    """Why a request cannot be answered, as the status and JSON body the client gets.
+
+    ``field`` names the part of the request at fault in the request's own
+    terms (``events[3].Muon_pt``), or is ``None`` when no single field is.
+    ``headers`` go out with the answer (``Retry-After`` on a 503).
+    """
+
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": self.message, "field": self.field}

@@ -1,0 +1,140 @@
+"""Hot swap: the newest published model version, loaded beside the one in use.
+
+A trainer publishes versions every few seconds. Reloading in the request path,
+or Ray Serve's ``reconfigure``, makes requests wait for the load (tens to
+hundreds of ms). Here a daemon thread polls the store, loads a newer version
+while requests keep using the current one, then replaces a single reference.
+A request reads that reference once and uses the model it got to the end, so
+it never waits on a load and never mixes two versions; the old model is freed
+when the last request holding it finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    """What the watcher needs of ``hepstream.models.store.ModelStore``."""
+
+    def latest(self) -> int | None: ...
+
+    def load(self, version: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Failure:
+    version: int | None  # None: the store itself could not be read
+    attempts: int
+    retry_at: float  # time.monotonic()
+
+
+class ModelWatcher:
+    """Keeps ``current`` at the newest version of one model that loads.
+
+    A version that fails to load (half written, corrupt) is logged and retried
+    with a growing delay, up to ``max_retry_interval_s``; the current model keeps
+    serving meanwhile, and a newer version is tried at once. Counters
+    (``swaps``, ``failures``, ``last_error``) are written by the watcher thread
+    only, for health and metrics endpoints to read.
+    """
+
+    def __init__(self, store: Store, poll_interval_s: float = 0.5, max_retry_interval_s: float = 30.0):
+        if poll_interval_s <= 0:
+            raise ValueError(f"poll_interval_s must be positive, got {poll_interval_s}")
+        self.store = store
+        self.poll_interval_s = poll_interval_s
+        self.max_retry_interval_s = max_retry_interval_s
+        self.swaps = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._current: Any = None
+        self._failure: _Failure | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def current(self) -> Any:
+        """The model to answer with, or ``None`` before the first version has loaded.
+
+        Read it once per request and keep the reference: a later read may
+        return a newer version.
+        """
+        return self._current
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("this ModelWatcher was already started")
+        self._thread = threading.Thread(target=self._run, name="hepstream-model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop polling; waits for a load in progress up to ``timeout_s``."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def poll(self) -> bool:
+        """Check the store once and swap in a newer version; True if one was swapped in.
+
+        The watcher thread calls this every ``poll_interval_s``; call it
+        directly only on a watcher that was not started.
+        """
+        if self._backing_off(None):
+            return False
+        try:
+            latest = self.store.latest()
+        except Exception as error:
+            self._failed(None, error)
+            return False
+        if self._failure is not None and self._failure.version is None:
+            self._recovered()
+        current = self._current
+        if latest is None or (current is not None and latest <= current.version) or self._backing_off(latest):
+            return False
+        started = time.perf_counter()
+        try:
+            model = self.store.load(latest)
+        except Exception as error:
+            self._failed(latest, error)
+            return False
+        self._current = model  # the swap: one reference, atomic for every reader
+        self.swaps += 1
+        self._recovered()
+        logger.info("model %s: serving version %d (was %s), loaded in %.0f ms", model.name,
+                    latest, current.version if current is not None else "none", (time.perf_counter() - started) * 1e3)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # a bug here must not end hot swap for the life of the replica
+                logger.exception("model watcher: unexpected error; polling again in %.1f s", self.poll_interval_s)
+            self._stop.wait(self.poll_interval_s)
+
+    def _backing_off(self, version: int | None) -> bool:
+        failure = self._failure
+        return failure is not None and failure.version == version and time.monotonic() < failure.retry_at
+
+    def _recovered(self) -> None:
+        self._failure = None
+        self.last_error = None
+
+    def _failed(self, version: int | None, error: Exception) -> None:
+        previous = self._failure
+        attempts = previous.attempts + 1 if previous is not None and previous.version == version else 1
+        delay = min(self.poll_interval_s * 2**attempts, self.max_retry_interval_s)
+        self._failure = _Failure(version, attempts, time.monotonic() + delay)
+        self.failures += 1
+        what = "reading the model store" if version is None else f"loading version {version}"
+        self.last_error = f"{what} failed: {type(error).__name__}: {error}"
+        # The traceback once per failing version; repeats would only flood the log.
+        logger.warning("model watcher: %s (attempt %d); retrying in %.3g s", self.last_error, attempts, delay,
+                       exc_info=attempts == 1)

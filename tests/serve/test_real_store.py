@@ -1,0 +1,51 @@
+"""The app with hepstream.models' real store and feature pipeline, on uvicorn: what the stand-ins stand for."""
+
+from __future__ import annotations
+
+import json
+
+import requests
+
+from hepstream.models.store import ModelStore
+from hepstream.serve.app import create_app
+from hepstream.serve.events import parse_events
+
+EVENTS = [
+    {"MET_pt": 41.2, "Muon_pt": [51.0, 33.2, 8.1]},
+    {"MET_pt": 7, "Muon_pt": []},
+    {"MET_pt": 120.5, "Muon_pt": [12]},
+]
+
+
+def local_scores(root, version):
+    loaded = ModelStore(root, "demo").load(version)
+    return loaded.predict(parse_events(json.dumps({"events": EVENTS}), loaded.inputs, 100)).tolist()
+
+
+def test_real_versions_are_served_swapped_and_checked(tmp_path, standins):
+    root = tmp_path / "store"
+    standins.publish_real_version(root, "demo", seed=1)
+    app = create_app(ModelStore(root, "demo"), model_name="demo", poll_interval_s=0.02)
+    with standins.ServedApp(app) as server:
+        predict = f"{server.url}/v1/models/demo/predict"
+        standins.wait_for(lambda: requests.get(f"{server.url}/v1/health/ready", timeout=5).ok, what="version 1")
+        answer = requests.post(predict, json={"events": EVENTS}, timeout=10)
+        assert answer.json() == {"model": "demo", "version": 1, "scores": local_scores(root, 1)}
+        described = requests.get(f"{server.url}/v1/models/demo", timeout=5).json()
+        assert described["inputs"] == [{"name": "MET_pt", "jagged": False}, {"name": "Muon_pt", "jagged": True}]
+        assert (described["events_trained"], described["metrics"]) == (100, {"auc": 0.5})
+
+        # Finite in JSON, infinite in the pipeline's float32: the real FeatureError, answered as a 422.
+        overflow = requests.post(predict, json={"events": [{"MET_pt": 1e300, "Muon_pt": []}]}, timeout=10)
+        assert (overflow.status_code, overflow.json()["field"]) == (422, "MET_pt")
+
+        standins.publish_real_version(root, "demo", seed=2)
+        standins.wait_for(lambda: requests.post(predict, json={"events": EVENTS}, timeout=10).json()["version"] == 2,
+                          what="version 2")
+        assert requests.post(predict, json={"events": EVENTS}, timeout=10).json()["scores"] == local_scores(root, 2)
+        assert local_scores(root, 1) != local_scores(root, 2)
+
+        (root / "demo" / "v000003").mkdir()  # a version folder without its files
+        standins.wait_for(lambda: app.state.watcher.failures, what="the broken version 3 to be tried")
+        assert "version 3" in app.state.watcher.last_error
+        assert requests.post(predict, json={"events": EVENTS}, timeout=10).json()["version"] == 2
