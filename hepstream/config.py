@@ -121,7 +121,8 @@ class TrainingConfig(_Section):
     batch_size: int = Field(default=512, ge=1)
     learning_rate: float = Field(default=2e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    chunks_per_step: int = Field(default=8, ge=1, description="Chunks polled and learned together, shuffled")
+    chunks_per_step: int = Field(default=8, ge=1, description="Chunks learned together, shuffled")
+    group_wait_s: float = Field(default=2.0, ge=0, description="Longest wait for a group of chunks to fill")
     checkpoint_every_s: float = Field(default=3.0, gt=0, description="Publish a model version at most this often")
     metrics_window: int = Field(default=20_000, ge=100, description="Events in the sliding window of running metrics")
     seed: int = 0

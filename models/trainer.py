@@ -145,7 +145,6 @@ class StreamTrainer:
             bootstrap_servers=self.bootstrap,
             group_id=f"hepstream.{self.config.model.name}",
             enable_auto_commit=False,
-            max_poll_records=self.config.training.chunks_per_step,
             max_partition_fetch_bytes=2 * limit,
             fetch_max_bytes=max(52_428_800, 2 * limit),
         )
@@ -170,19 +169,33 @@ class StreamTrainer:
                 consumer.seek_to_beginning(tp)
 
     def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
-        """Consume until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news."""
+        """Consume until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news.
+
+        Messages are learned in groups of ``chunks_per_step``: a group waits
+        up to ``group_wait_s`` to fill, so that a trainer started before its
+        producer does not learn from one file's chunks alone.
+        """
+        training = self.config.training
         consumer = self._consumer()
         try:
             self._assign(consumer, stop, topic_wait_s)
-            every = self.config.training.checkpoint_every_s
-            last = time.monotonic()
+            last_checkpoint = time.monotonic()
+            pending, first_pending = [], 0.0
             while not stop.is_set():
-                polled = consumer.poll(timeout_ms=200)
-                if polled:
-                    self.learn_messages([m for messages in polled.values() for m in messages])
-                if self._dirty and time.monotonic() - last >= every:
+                polled = consumer.poll(timeout_ms=100, max_records=training.chunks_per_step - len(pending))
+                for messages in polled.values():
+                    if not pending:
+                        first_pending = time.monotonic()
+                    pending.extend(messages)
+                waited = time.monotonic() - first_pending
+                if pending and (len(pending) >= training.chunks_per_step or waited >= training.group_wait_s):
+                    self.learn_messages(pending)
+                    pending = []
+                if self._dirty and time.monotonic() - last_checkpoint >= training.checkpoint_every_s:
                     self.checkpoint(consumer)
-                    last = time.monotonic()
+                    last_checkpoint = time.monotonic()
+            if pending:
+                self.learn_messages(pending)
             if self._dirty:
                 self.checkpoint(consumer)
         finally:

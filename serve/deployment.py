@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.serve import Application
 
 from hepstream.serve.app import create_app
 
@@ -57,10 +58,29 @@ def start_serve(store_root: str | Path, model_name: str, host: str = "127.0.0.1"
     runs; it answers 503 on ``/v1/health/ready`` until a first version loads.
     """
     serve.start(http_options={"host": host, "port": port})
-    open_store = functools.partial(open_model_store, str(store_root), model_name)
-    serve.run(HepstreamServer.bind(open_store, model_name, poll_interval_s, max_events_per_request),
+    serve.run(bind_server(store_root, model_name, poll_interval_s, max_events_per_request),
               name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
+
+
+def bind_server(store_root: str | Path, model_name: str, poll_interval_s: float = 0.5,
+                max_events_per_request: int = 100_000) -> Application:
+    open_store = functools.partial(open_model_store, str(store_root), model_name)
+    return HepstreamServer.bind(open_store, model_name, poll_interval_s, max_events_per_request)
+
+
+def build_app(args: dict) -> Application:
+    """Application builder for ``serve deploy`` and KubeRay's RayService (``import_path``).
+
+    ``args`` come from the Serve config file: ``store`` (model store folder,
+    mounted in every Ray pod), ``model``, and optionally ``poll_interval_s``
+    and ``max_events_per_request``.
+    """
+    unknown = set(args) - {"store", "model", "poll_interval_s", "max_events_per_request"}
+    if unknown or "store" not in args or "model" not in args:
+        raise ValueError(f"hepstream build_app args need 'store' and 'model'; unknown: {sorted(unknown)}")
+    return bind_server(args["store"], args["model"], float(args.get("poll_interval_s", 0.5)),
+                       int(args.get("max_events_per_request", 100_000)))
 
 
 def stop_serve() -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from hepstream import __version__
-from hepstream.cli import datagen, demo, jobs
+from hepstream.cli import bench, datagen, demo, jobs
 from hepstream.config import ConfigError
 
 
@@ -20,13 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hepstream {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, datagen, jobs):
+    for module in (demo, datagen, jobs, bench):
         module.add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # XRootD's exit hook inspects every live object, tripping a torch deprecation notice on the way.
+    warnings.filterwarnings("ignore", message=r"`torch.distributed.reduce_op` is deprecated")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -213,9 +214,29 @@ def healthy(summary: dict) -> bool:
     )
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything written to file descriptor 1 to stderr meanwhile, Ray's child processes included.
+
+    Ray and Serve print on stdout (worker log lines, shutdown notices), which
+    would spoil the one JSON object that ``--json`` promises there.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run(args) -> int:
     progress = Progress(enabled=not args.json)
-    summary = run_demo(args, progress)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+        summary = run_demo(args, progress)
     if args.json:
         print(json.dumps(summary))
     else:
