@@ -38,11 +38,16 @@ setup() {
   fi
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-  # CPU torch first, so that resolving the rest never pulls a multi-GB CUDA build.
-  # The CPU index is tried first; where it cannot be reached, plain pip is used.
+  # CPU torch first, so that resolving the rest never pulls a multi-GB CUDA build. The torch index
+  # is used when it answers within seconds; otherwise (a mirror-only site) plain pip decides.
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    "$VENV/bin/python" -m pip install -q "$TORCH" --index-url "$TORCH_INDEX" 2>/dev/null \
-      || "$VENV/bin/python" -m pip install -q "$TORCH"
+    if "$VENV/bin/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/torch/', timeout=5)" \
+         "$TORCH_INDEX" 2>/dev/null; then
+      "$VENV/bin/python" -m pip install -q "$TORCH" --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple
+    else
+      echo "dev.sh: $TORCH_INDEX does not answer; installing $TORCH from the configured package index" >&2
+      "$VENV/bin/python" -m pip install -q "$TORCH"
+    fi
   fi
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   touch "$stamp"
