@@ -7,7 +7,7 @@ import json
 import socket
 import time
 
-import cloudpickle
+from ray import cloudpickle  # the copy Ray serialises with
 import pytest
 import ray
 import requests
