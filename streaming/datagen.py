@@ -41,14 +41,12 @@ _WORKERS = min(4, os.cpu_count() or 1)
 # LZ4: ~25% smaller than uncompressed for ~25% more write time; ZSTD(1) halves
 # the size but doubles the write time, which then costs as much as generating.
 _COMPRESSION = uproot.LZ4(1)
-_BRANCHES = {
-    "run": np.uint32,
-    "luminosityBlock": np.uint32,
-    "event": np.uint64,
-    "Muon": "var * {pt: float32, eta: float32, phi: float32, mass: float32, charge: int32}",
-    "Jet": "var * {pt: float32, eta: float32, phi: float32, btag: float32}",
-    "MET_pt": np.float32,
-    "MET_phi": np.float32,
+_BRANCHES = {  # records become NanoAOD collections: counter nMuon, branches Muon_pt, ...
+    "run": np.uint32, "luminosityBlock": np.uint32, "event": np.uint64,
+    "Muon": ak.types.from_datashape("var * {pt: float32, eta: float32, phi: float32, mass: float32, charge: int32}",
+                                    highlevel=False),
+    "Jet": ak.types.from_datashape("var * {pt: float32, eta: float32, phi: float32, btag: float32}", highlevel=False),
+    "MET_pt": np.float32, "MET_phi": np.float32,
 }
 
 
@@ -80,33 +78,32 @@ def _p4(pt, y, phi, m):
     return mt * (e + 1 / e) / 2, pt * np.cos(phi), pt * np.sin(phi), mt * (e - 1 / e) / 2
 
 
-def _boost(p, parent, m):
-    """Take `p` from the rest frame of `parent` (mass `m`) to the frame where it is `parent`."""
-    g, bx, by, bz = parent[0] / m, parent[1] / parent[0], parent[2] / parent[0], parent[3] / parent[0]
-    bp = bx * p[1] + by * p[2] + bz * p[3]
-    k = g * g / (g + 1) * bp + g * p[0]
-    return g * (p[0] + bp), p[1] + k * bx, p[2] + k * by, p[3] + k * bz
-
-
 def _decay(rng, parent, m, m1, m2, cos=None):
-    """Two-body decay, isotropic in the rest frame unless `cos` (polar angle to the beam) is given."""
+    """Two-body decay, isotropic in the rest frame unless `cos` (polar angle to the beam) is given;
+    both daughters boosted along the parent's velocity: p' = p + (g^2/(g+1) b.p + g E) b."""
     n = len(parent[0])
     q = np.sqrt(np.maximum((m * m - (m1 + m2) ** 2) * (m * m - (m1 - m2) ** 2), 0)) / (2 * m)
     c = _uniform(rng, -1, 1, n) if cos is None else cos
     s, phi = np.sqrt(1 - c * c), _phi(rng, n)
-    kx, ky, kz = q * s * np.cos(phi), q * s * np.sin(phi), q * c
-    d1 = _boost((np.sqrt(m1 * m1 + q * q), kx, ky, kz), parent, m)
-    return d1, _boost((np.sqrt(m2 * m2 + q * q), -kx, -ky, -kz), parent, m)
+    k = (q * s * np.cos(phi), q * s * np.sin(phi), q * c)
+    g, b = parent[0] / m, [pi / parent[0] for pi in parent[1:]]
+    bk = b[0] * k[0] + b[1] * k[1] + b[2] * k[2]
+    h = g * g / (g + 1) * bk
+    daughters = []
+    for e, sign in ((np.sqrt(m1 * m1 + q * q), 1), (np.sqrt(m2 * m2 + q * q), -1)):  # momenta +k and -k
+        a = sign * h + g * e
+        daughters.append((g * (e + sign * bk), *(sign * ki + a * bi for ki, bi in zip(k, b))))
+    return daughters
 
 
 def _muons(rng, bosons):
-    """Each (Z, mass) to mu+ mu-: slot-major (2*len(bosons), n) pt, eta, phi, px, py, charge."""
+    """Each (Z, mass) to mu+ mu-: slot-major (2*len(bosons), n) px, py, pt, eta, charge."""
     mus = [mu for z, m in bosons for mu in _decay(rng, z, m, MMU, MMU)]
     px, py, pz = (np.stack([mu[i] for mu in mus]) for i in (1, 2, 3))
     pt = np.sqrt(px * px + py * py)
     eta = np.sign(pz) * np.log((np.sqrt(pt * pt + pz * pz) + np.abs(pz)) / pt)
     q = np.repeat(np.array([1, -1] * len(bosons), np.int32)[:, None], pt.shape[1], axis=1)
-    return dict(pt=pt, eta=eta, phi=np.arctan2(py, px), px=px, py=py, q=q)
+    return dict(px=px, py=py, pt=pt, eta=eta, q=q)
 
 
 # ---- line shapes --------------------------------------------------------------
@@ -183,15 +180,15 @@ def _drell_yan(rng, n):
     b_pt, b_eta, b_phi = _pareto(rng, 15, 2.6, (2, n)), rng.standard_normal((2, n), F32) * 1.8, _phi(rng, (2, n))
     # momentum fractions of the b hadron carried by the muon and the neutrino: pdf 2(1-x)
     x_mu, x_nu = 1 - np.sqrt(rng.random((2, 2, n), F32))
-    b_ok = np.arange(2)[:, None] < np.searchsorted([0.25, 0.65], rng.random(n))
-    pt, phi = x_mu * b_pt, b_phi + rng.standard_normal((2, n), F32) * 0.1
-    extra = dict(pt=pt, eta=b_eta + rng.standard_normal((2, n), F32) * 0.1, phi=np.arctan2(np.sin(phi), np.cos(phi)),
-                 px=pt * np.cos(phi), py=pt * np.sin(phi), q=np.where(rng.random((2, n)) < 0.5, -1, 1).astype(np.int32))
+    b_ok = np.arange(2)[:, None] < np.searchsorted([0.25, 0.65], rng.random(n))  # 0/1/2 muons: 25/40/35%
+    pt, phi = x_mu * b_pt, b_phi + rng.standard_normal((2, n), F32) * 0.1  # muon close to its b jet
+    extra = dict(px=pt * np.cos(phi), py=pt * np.sin(phi), pt=pt, eta=b_eta + rng.standard_normal((2, n), F32) * 0.1,
+                 q=np.where(rng.random((2, n)) < 0.5, -1, 1).astype(np.int32))
     nu = np.where(b_ok, x_nu * b_pt, 0)
     return _truth(n, {k: np.concatenate([v, extra[k]]) for k, v in _muons(rng, [(z, m)]).items()},
                   ok=np.concatenate([np.ones((2, n), bool), b_ok]),
                   nu_px=(nu * np.cos(b_phi)).sum(0), nu_py=(nu * np.sin(b_phi)).sum(0),
-                  b_pt=(1 - x_nu) * b_pt, b_eta=b_eta, b_phi=b_phi, b_ok=b_ok,
+                  b_pt=(1 - x_nu) * b_pt, b_eta=b_eta, b_phi=b_phi, b_ok=b_ok,  # the jet misses the neutrino
                   n_jet=_poisson(rng, 1.0, n), alpha=np.full(n, 3.3, F32))
 
 
@@ -249,7 +246,8 @@ def _detector(rng, t, n):
     met_x = t["nu_px"] + np.where(lost, t["px"], 0).sum(0)
     met_y = t["nu_py"] + np.where(lost, t["py"], 0).sum(0)
     order, n_mu = _pt_order(pt, seen)
-    muon = _jagged(n_mu, pt=pt.ravel()[order], eta=t["eta"].ravel()[order], phi=t["phi"].ravel()[order],
+    px, py = t["px"].ravel()[order], t["py"].ravel()[order]  # phi only where needed: arctan2 is slow
+    muon = _jagged(n_mu, pt=pt.ravel()[order], eta=t["eta"].ravel()[order], phi=np.arctan2(py, px),
                    mass=np.full(len(order), MMU, F32), charge=t["q"].ravel()[order])
 
     light = np.repeat(np.arange(n), t["n_jet"])  # event index of each jet from QCD radiation
@@ -315,8 +313,8 @@ class DemoFiles:
 
 
 def generate_demo(outdir, events_per_class: int, holdout_per_class: int, seed: int = 0) -> DemoFiles:
-    """Training and holdout files for both classes. The holdout seed is hashed from `seed`,
-    so no choice of `seed` turns one run's holdout into another run's training data."""
+    """Training and holdout files for both classes. The holdout seed is hashed from `seed`
+    (not `seed + 1`), so one run's holdout is not another run's training data."""
     _check_count("events_per_class", events_per_class, 1)
     _check_count("holdout_per_class", holdout_per_class, 1)
     _check_count("seed", seed, 0)

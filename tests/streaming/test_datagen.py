@@ -62,6 +62,7 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
 
 def test_blocks_and_threads_do_not_change_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr(datagen, "_BLOCK", 700)  # several blocks, generated in parallel
+    monkeypatch.setattr(datagen, "_WORKERS", 3)
     parallel = read(datagen.generate_file(tmp_path / "p.root", "background", 5000, seed=2))
     monkeypatch.setattr(datagen, "_WORKERS", 1)
     serial = read(datagen.generate_file(tmp_path / "s.root", "background", 5000, seed=2))
