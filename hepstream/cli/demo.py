@@ -219,7 +219,8 @@ def _stdout_to_stderr():
     """Send everything written to file descriptor 1 to stderr meanwhile, Ray's child processes included.
 
     Ray and Serve print on stdout (worker log lines, shutdown notices), which
-    would spoil the one JSON object that ``--json`` promises there.
+    would spoil the one JSON object that ``--json`` promises there, or the
+    summary table.
     """
     sys.stdout.flush()
     saved = os.dup(1)
@@ -235,7 +236,7 @@ def _stdout_to_stderr():
 def run(args) -> int:
     progress = Progress(enabled=not args.json)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+    with _stdout_to_stderr():
         summary = run_demo(args, progress)
     if args.json:
         print(json.dumps(summary))
