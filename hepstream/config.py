@@ -8,12 +8,14 @@ physicist fixes the whole file in one go instead of one key per run.
 
 from __future__ import annotations
 
+import ast
+import datetime
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -53,11 +55,28 @@ class FileSpec(_Section):
     label: int | None = Field(default=None, ge=0, description="Class of every event in this file")
 
 
+class SampleConfig(_Section):
+    """A named group of files (a physics dataset such as ``ggH_4mu``) sharing a label and a tree."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    files: list[FileSpec] = Field(default_factory=list)
+    file_list: Path | None = Field(default=None, description="Text file: one URL or glob per line, optional label, # comments")
+    label: int | None = Field(default=None, ge=0, description="Class of the sample's files that name none")
+    tree: str | None = Field(default=None, description="Tree to read; unset: dataset.tree")
+
+
 class DatasetConfig(_Section):
     name: str = Field(default="demo", pattern=r"^[A-Za-z0-9._-]+$")
     tree: str = "Events"
     files: list[FileSpec] = Field(default_factory=list)
+    file_list: Path | None = Field(default=None, description="Text file: one URL or glob per line, optional label, # comments")
+    samples: list[SampleConfig] = Field(default_factory=list, description="More groups of files, each with its label")
+    redirector: str | None = Field(default=None, description="XRootD redirector for bare LFNs (/store/...)")
     label_branch: str | None = Field(default=None, description="Per-event label branch, instead of per-file labels")
+    branches: list[str] = Field(default_factory=list, description="Branches to publish: names, globs, /regex/")
+    exclude: list[str] = Field(default_factory=list, description="Branches never published: names, globs, /regex/")
+    define: dict[str, str] = Field(default_factory=dict, description="New branches: name -> expression")
+    cuts: list[str] = Field(default_factory=list, description="Event selections, all of which must hold")
 
     @property
     def topic(self) -> str:
@@ -70,11 +89,20 @@ class KafkaConfig(_Section):
     compression: Literal["zstd", "lz4", "gzip", "snappy", "none"] = "zstd"
     max_message_bytes: ByteSize = Field(default=4_000_000, description="Topic max.message.bytes; chunks stay below it")
     linger_ms: int = Field(default=5, ge=0)
+    connect_retries: int = Field(default=3, ge=0, description="Attempts after the first to reach the brokers")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for the brokers, per attempt")
 
 
 class ProducerConfig(_Section):
     step_size: ByteSize = Field(default=2_000_000, description="Uncompressed bytes of branch data per chunk")
     max_chunk_events: int = Field(default=50_000, ge=1)
+    files_in_flight: int = Field(default=2, ge=1, le=256, description="Files read at once, one thread each")
+    max_in_flight_bytes: ByteSize = Field(default=64_000_000, description="Encoded bytes sent but not yet acknowledged")
+    manifest: Path | None = Field(default=None, description="JSON-lines record of acknowledged chunks, for resuming")
+    retries: int = Field(default=4, ge=0, description="Retries of a file after transient read errors")
+    retry_backoff_s: float = Field(default=1.0, ge=0, description="Wait before the first retry; doubles each time")
+    timeout_s: float = Field(default=30.0, gt=0, description="XRootD/HTTP request timeout")
+    progress_every_s: float = Field(default=10.0, gt=0, description="Interval of progress log lines off a terminal")
 
 
 class JaggedFeature(_Section):
@@ -91,6 +119,32 @@ class JaggedFeature(_Section):
         return self
 
 
+class DerivedFeature(_Section):
+    """A branch computed from others, e.g. ``HT: sum(Jet_pt)``; usable wherever a branch name is."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    expr: str = Field(description="Arithmetic over branches; see docs/training.md for the functions")
+
+    @model_validator(mode="after")
+    def _parses(self) -> DerivedFeature:
+        expression_names(self.expr)
+        return self
+
+
+def expression_names(expr: str) -> set[str]:
+    """Branch names an expression reads (names that are not called as functions).
+
+    >>> sorted(expression_names("sum(Jet_pt * (Jet_btag > 0.5)) + MET_pt"))
+    ['Jet_btag', 'Jet_pt', 'MET_pt']
+    """
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError as error:
+        raise ValueError(f"expression {expr!r} is not valid: {error.msg}") from None
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
+
+
 class FeaturesConfig(_Section):
     flat: list[str] = Field(default_factory=lambda: ["MET_pt", "nMuon", "nJet"])
     jagged: list[JaggedFeature] = Field(
@@ -100,21 +154,42 @@ class FeaturesConfig(_Section):
         ]
     )
     normalize: bool = True
+    derived: list[DerivedFeature] = Field(default_factory=list, description="Computed branches, in order")
+    weight: str | None = Field(default=None, description="Branch holding each event's training weight")
 
     @property
     def branches(self) -> list[str]:
-        """Every branch the features read, in a stable order."""
-        names = list(self.flat)
-        for collection in self.jagged:
-            names.extend(b for b in collection.branches if b not in names)
+        """Every branch read from the files (derived ones replaced by what they read), in a stable order."""
+        derived = {d.name: d.expr for d in self.derived}
+        wanted = list(self.flat) + [b for c in self.jagged for b in c.branches]
+        wanted += [self.weight] if self.weight else []
+        names: list[str] = []
+        while wanted:
+            name = wanted.pop(0)
+            if name in derived:
+                wanted[:0] = sorted(expression_names(derived.pop(name)))
+            elif name not in names and name not in {d.name for d in self.derived}:
+                names.append(name)
         return names
 
 
 class ModelConfig(_Section):
     name: str = Field(default="demo", pattern=r"^[A-Za-z0-9._-]+$")
-    kind: Literal["mlp"] = "mlp"
+    kind: Literal["mlp", "deepsets", "logistic", "hoeffding_tree", "arf", "user"] = "mlp"
+    classes: int = Field(default=2, ge=2, description="Number of classes; labels are 0 .. classes-1")
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    set_hidden: list[int] = Field(default_factory=lambda: [32, 32], description="Per-object network of deepsets")
+    factory: str | None = Field(default=None, description="package.module:function building a user model")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the river or user model")
+
+    @model_validator(mode="after")
+    def _user_needs_factory(self) -> ModelConfig:
+        if (self.kind == "user") != (self.factory is not None):
+            raise ValueError("model.factory is required for kind 'user' and only allowed there")
+        if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
+            raise ValueError(f"model.factory {self.factory!r} is not 'package.module:function'")
+        return self
 
 
 class TrainingConfig(_Section):
@@ -127,6 +202,39 @@ class TrainingConfig(_Section):
     metrics_window: int = Field(default=20_000, ge=100, description="Events in the sliding window of running metrics")
     seed: int = 0
     threads: int = Field(default=1, ge=1, description="torch intra-op threads of one trainer")
+    mixed_precision: bool = Field(default=False, description="bfloat16 autocast (CPU) or float16 with loss scaling (CUDA)")
+    start: str = Field(default="earliest", description="Where a partition without checkpoint starts: earliest, "
+                       "latest, committed, or a time (ISO 8601 or epoch milliseconds)")
+    epochs: int = Field(default=1, ge=1, description="Passes over the retained topic; the last one follows the live stream")
+    dead_letter: bool = Field(default=True, description="Send undecodable messages to <dataset>.dead-letter")
+    drift_delta: float = Field(default=0.002, gt=0, lt=1, description="ADWIN confidence on the loss stream")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus metrics port (127.0.0.1)")
+
+    @field_validator("start")
+    @classmethod
+    def _start_is_known(cls, value: str) -> str:
+        start_timestamp_ms(value)
+        return value
+
+
+def start_timestamp_ms(start: str) -> int | None:
+    """The epoch milliseconds of a time-based ``training.start``; None for earliest/latest/committed.
+
+    >>> start_timestamp_ms("2024-05-01T00:00:00Z"), start_timestamp_ms("committed")
+    (1714521600000, None)
+    """
+    if start in ("earliest", "latest", "committed"):
+        return None
+    if start.isdigit():
+        return int(start)
+    try:
+        moment = datetime.datetime.fromisoformat(start)
+    except ValueError:
+        raise ValueError(f"training.start {start!r} is not earliest, latest, committed, "
+                         "an ISO 8601 time or epoch milliseconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp() * 1000)
 
 
 class StoreConfig(_Section):
@@ -134,11 +242,34 @@ class StoreConfig(_Section):
     keep: int = Field(default=20, ge=1, description="Newest versions kept on disk")
 
 
+class AutoscalingConfig(_Section):
+    """Ray Serve autoscaling: the replica count follows the requests in flight per replica."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    target_ongoing_requests: float = Field(default=16.0, gt=0, description="Requests in flight per replica to aim for")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    poll_interval_s: float = Field(default=0.5, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0, le=60, description="How often each replica looks for a newer version")
     max_events_per_request: int = Field(default=100_000, ge=1)
+    max_request_bytes: ByteSize = Field(default=64_000_000, description="Larger request bodies get 413")
+    tokens_file: Path | None = Field(default=None, description="File of bearer tokens, one per line")
+    tokens_env: str = Field(default="HEPSTREAM_TOKENS", description="Environment variable of comma-separated tokens")
+    max_batch_size: int = Field(default=32, ge=1, description="Requests scored together by one model call")
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0, description="Longest wait for a batch to fill")
+    replicas: int = Field(default=1, ge=1, description="Ray Serve replicas, when autoscaling is unset")
+    autoscaling: AutoscalingConfig | None = None
+    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts at once")
+    pinned_versions_cached: int = Field(default=4, ge=0, description="Older versions kept loaded for pinned requests")
 
 
 class Config(_Section):

@@ -1,38 +1,66 @@
-"""Publish a dataset's ROOT files to its Kafka topic, chunk by chunk.
+"""Publish a dataset's ROOT files to its Kafka topic, chunk by chunk, resumably.
 
-Several files are read in turn, one chunk from each, and chunk ``k`` of file
-``f`` goes to partition ``(f + k) % partitions``: every partition, and so
-every trainer, sees all classes of a per-file labelled dataset interleaved
-instead of one file after another. A file that fails is reported with its URL
-and skipped; the others continue.
+Several files are read at once, one thread each (uproot's decompression,
+Arrow's encoding and the socket release the GIL), and each file's chunks are
+sent in entry order. Chunk ``k`` of file ``f`` goes to partition
+``(f + k) % partitions``: every partition, and so every trainer, sees all
+classes of a per-file labelled dataset interleaved, and a chunk sent again
+after a restart lands where it went the first time, under the same key.
+
+Every acknowledged chunk is recorded in the manifest; a restarted run skips
+what it holds. Bytes sent but not yet acknowledged are bounded
+(``producer.max_in_flight_bytes``), so memory stays bounded by the chunk size
+and that budget whatever the size of the input. Nothing is published before
+the selection has been checked against the first readable file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from hepstream import wire
-from hepstream.config import Config, FileSpec
-from hepstream.streaming.reader import ReadPlan, SourceError, iterate_chunks
+from hepstream.config import Config, ConfigError, FileSpec, KafkaConfig
+from hepstream.streaming.expressions import ExpressionError
+from hepstream.streaming.manifest import Manifest
+from hepstream.streaming.progress import Progress
+from hepstream.streaming.reader import (FileReader, ReadChunk, ReadPlan, SourceError, check_selection,
+                                        configure_remote_timeouts)
+from hepstream.streaming.retry import Backoff
+from hepstream.streaming.selection import Selection, UnknownBranch
+from hepstream.streaming.sources import Source, resolve
 
 log = logging.getLogger(__name__)
 
 # Headers, key and the Kafka record batch framing around an IPC value.
 _MESSAGE_OVERHEAD = 16_384
+# Entries of the first readable file on which cuts and definitions are tried before publishing.
+_PREFLIGHT_ENTRIES = 100
+
+
+class BrokerUnavailable(RuntimeError):
+    """The Kafka brokers did not answer within the connection budget."""
 
 
 @dataclass
 class FileReport:
     url: str
+    sample: str | None = None
     chunks: int = 0
     events: int = 0
     bytes: int = 0
+    skipped_chunks: int = 0  # acknowledged in an earlier run, per the manifest
+    retries: int = 0
     error: str | None = None
 
 
@@ -40,6 +68,7 @@ class FileReport:
 class ProduceReport:
     topic: str
     files: list[FileReport] = field(default_factory=list)
+    elapsed_s: float = 0.0
 
     @property
     def events(self) -> int:
@@ -60,66 +89,134 @@ class ProduceReport:
             "files_failed": len(self.failed),
             "events": self.events,
             "bytes": self.bytes,
+            "chunks": sum(f.chunks for f in self.files),
+            "chunks_skipped": sum(f.skipped_chunks for f in self.files),
+            "retries": sum(f.retries for f in self.files),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "events_per_s": round(self.events / self.elapsed_s) if self.elapsed_s else 0,
             "failures": {f.url: f.error for f in self.failed},
         }
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int, max_message_bytes: int) -> None:
-    """Create the topic with an explicit message size limit, unless it exists already."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hepstream-admin")
+def _with_broker(bootstrap: str, kafka: KafkaConfig, what: str, attempt):
+    """Run a broker call with bounded retries; past the budget, one error naming the brokers and the cause."""
+    backoff = Backoff(kafka.connect_retries, first_s=1.0, max_s=10.0)
     try:
-        config = {"max.message.bytes": str(max_message_bytes)}
-        admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
+        return backoff.call(attempt, retry_on=lambda e: isinstance(e, KafkaError),
+                            on_retry=lambda e, wait: log.warning("%s on %s: %s; retrying in %.0f s", what, bootstrap, e, wait))
+    except KafkaError as error:
+        raise BrokerUnavailable(f"cannot reach Kafka at {bootstrap} ({what}) after {kafka.connect_retries + 1} "
+                                f"attempt(s) of {kafka.connect_timeout_s:g} s: {error}") from None
 
 
-def read_plan(config: Config) -> ReadPlan:
-    branches = list(config.features.branches)
-    if config.dataset.label_branch and config.dataset.label_branch not in branches:
-        branches.append(config.dataset.label_branch)
+def ensure_topic(bootstrap: str, topic: str, partitions: int, max_message_bytes: int,
+                 kafka: KafkaConfig | None = None) -> None:
+    """Create the topic with an explicit message size limit, unless it exists already."""
+    kafka = kafka or KafkaConfig()
+
+    def create():
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hepstream-admin",
+                                 bootstrap_timeout_ms=int(kafka.connect_timeout_s * 1000))
+        try:
+            config = {"max.message.bytes": str(max_message_bytes)}
+            admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config)])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+    _with_broker(bootstrap, kafka, f"creating topic {topic!r}", create)
+
+
+def read_plan(config: Config, selection: Selection | None = None) -> ReadPlan:
+    producer = config.producer
     return ReadPlan(
         config.dataset.name,
         config.dataset.tree,
-        tuple(branches),
-        config.producer.step_size,
-        config.producer.max_chunk_events,
+        selection or Selection.from_config(config.dataset, config.features.branches),
+        producer.step_size,
+        producer.max_chunk_events,
+        Backoff(producer.retries, producer.retry_backoff_s),
+        producer.timeout_s,
     )
 
 
-def split_to_fit(chunk: wire.Chunk, limit: int, compression: str) -> Iterator[tuple[wire.Chunk, bytes, bytes, list]]:
-    """Encode a chunk, halving it until every piece fits in one message of ``limit`` bytes."""
+def fingerprint(config: Config) -> str:
+    """Hash of everything that decides chunk boundaries and contents: a manifest is valid only under the same."""
+    dataset, producer, kafka = config.dataset, config.producer, config.kafka
+    decisive = {
+        "dataset": dataset.model_dump(mode="json", include={"tree", "branches", "exclude", "define", "cuts", "label_branch"}),
+        "features": config.features.branches,
+        "producer": producer.model_dump(mode="json", include={"step_size", "max_chunk_events"}),
+        "kafka": kafka.model_dump(mode="json", include={"compression", "max_message_bytes", "partitions"}),
+    }
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def split_to_fit(read: ReadChunk, limit: int, compression: str) -> Iterator[tuple[wire.Chunk, bytes, bytes, list]]:
+    """Encode a chunk, halving it until every piece fits in one message of ``limit`` bytes.
+
+    Each half keeps a contiguous entry range of its own (cut at the entry of
+    its first row, when cuts dropped rows), so the halves have distinct keys
+    and together cover the chunk's range.
+    """
+    chunk = read.chunk
     key, value, headers = wire.encode(chunk, compression)
     if len(value) + _MESSAGE_OVERHEAD <= limit:
         yield chunk, key, value, headers
         return
     if chunk.events <= 1:
-        raise SourceError(chunk.source, f"one event at entry {chunk.id.entry_start} encodes to {len(value)} B, over the {limit} B message limit")
+        raise SourceError(chunk.source, f"one event at entry {chunk.id.entry_start} encodes to {len(value)} B, "
+                                        f"over the {limit} B message limit")
     half = chunk.events // 2
     start, stop = chunk.id.entry_start, chunk.id.entry_stop
-    for lo, hi, rows in ((start, start + half, slice(0, half)), (start + half, stop, slice(half, None))):
-        piece = wire.Chunk(
-            wire.ChunkId(chunk.id.file_uuid, chunk.id.tree, lo, hi),
-            chunk.dataset,
-            chunk.source,
-            chunk.batch.slice(rows.start, (rows.stop or chunk.events) - rows.start),
-            chunk.label,
-        )
-        yield from split_to_fit(piece, limit, compression)
+    middle = start + half if read.entries is None else int(read.entries[half])
+    for lo, hi, offset, length, rows in ((start, middle, 0, half, slice(None, half)),
+                                         (middle, stop, half, chunk.events - half, slice(half, None))):
+        piece = wire.Chunk(wire.ChunkId(chunk.id.file_uuid, chunk.id.tree, lo, hi), chunk.dataset, chunk.source,
+                           chunk.batch.slice(offset, length), chunk.label)
+        yield from split_to_fit(ReadChunk(piece, read.index, None if read.entries is None else read.entries[rows]),
+                                limit, compression)
+
+
+class _ByteBudget:
+    """Bytes handed to Kafka but not acknowledged yet; senders wait beyond ``limit`` (one message always passes)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + nbytes <= self.limit)
+            self.used += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self.used -= nbytes
+            self._cond.notify_all()
 
 
 class Producer:
-    def __init__(self, config: Config, bootstrap: str, files_in_flight: int = 4):
+    """Publishes sources to ``<dataset>.events``; :meth:`run` returns what was sent and which files failed."""
+
+    def __init__(self, config: Config, bootstrap: str, files_in_flight: int | None = None,
+                 progress: Progress | None = None):
         self.config = config
         self.bootstrap = bootstrap
-        self.files_in_flight = files_in_flight
-        self.plan = read_plan(config)
+        self.files_in_flight = files_in_flight or config.producer.files_in_flight
+        self.plan = read_plan(config)  # parses every expression: a bad one fails here, before any connection
         self.topic = config.dataset.topic
-        self._in_flight: list = []
+        self.progress = progress or Progress()
+        self._lock = threading.Lock()
+        self._budget = _ByteBudget(config.producer.max_in_flight_bytes)
+        # One pool for the producer's life: reused threads keep their malloc arenas, so repeated runs
+        # do not each claim fresh ones and the process's memory stays flat.
+        self._pool = ThreadPoolExecutor(self.files_in_flight, thread_name_prefix="hepstream-read")
+        configure_remote_timeouts(config.producer.timeout_s)
         kafka = config.kafka
-        self._producer = KafkaProducer(
+        self._producer = _with_broker(bootstrap, kafka, "connecting", lambda: KafkaProducer(
             bootstrap_servers=bootstrap,
             client_id="hepstream-producer",
             # Compression happens inside the Arrow IPC body; compressing it again only costs CPU.
@@ -127,50 +224,96 @@ class Producer:
             max_request_size=kafka.max_message_bytes,
             linger_ms=kafka.linger_ms,
             acks="all",
-            retries=5,
-        )
+            bootstrap_timeout_ms=int(kafka.connect_timeout_s * 1000),
+        ))
 
-    def _send(self, report: FileReport, partition: int, chunk: wire.Chunk) -> None:
+    def run(self, files: list[FileSpec] | None = None) -> ProduceReport:
+        """Publish every input (``files``, else the dataset's own), skipping what the manifest holds."""
+        started = time.monotonic()
+        sources, unmatched = resolve(self.config.dataset, files)
+        self._preflight(sources)
         kafka = self.config.kafka
-        for piece, key, value, headers in split_to_fit(chunk, kafka.max_message_bytes, kafka.compression):
-            future = self._producer.send(self.topic, key=key, value=value, headers=headers, partition=partition)
-            self._in_flight.append((report, future))
-            report.chunks += 1
-            report.events += piece.events
-            report.bytes += len(value)
-
-    def run(self, files: list[FileSpec], on_chunk: Callable[[FileReport], None] | None = None) -> ProduceReport:
-        """Publish every file; returns what was sent and which files failed and why."""
-        ensure_topic(self.bootstrap, self.topic, self.config.kafka.partitions, self.config.kafka.max_message_bytes)
-        partitions = self.config.kafka.partitions
-        report = ProduceReport(self.topic, [FileReport(f.url) for f in files])
-        pending = list(enumerate(files))
-        active: list[tuple[int, Iterator[wire.Chunk], int]] = []
-        while pending or active:
-            while pending and len(active) < self.files_in_flight:
-                index, spec = pending.pop(0)
-                active.append((index, iterate_chunks(spec.url, self.plan, spec.label), 0))
-            still_active = []
-            for index, chunks, sent in active:
-                file_report = report.files[index]
-                try:
-                    self._send(file_report, (index + sent) % partitions, next(chunks))
-                except StopIteration:
-                    continue
-                except SourceError as error:
-                    file_report.error = error.reason
-                    log.error("skipping %s", error)
-                    continue
-                if on_chunk:
-                    on_chunk(file_report)
-                still_active.append((index, chunks, sent + 1))
-            active = still_active
-        self._producer.flush()
-        for file_report, future in self._in_flight:
-            if future.failed() and not file_report.error:
-                file_report.error = f"publishing to {self.topic!r} on {self.bootstrap} failed: {future.exception}"
-        self._in_flight.clear()
+        ensure_topic(self.bootstrap, self.topic, kafka.partitions, kafka.max_message_bytes, kafka)
+        report = ProduceReport(self.topic, [FileReport(s.url, s.sample) for s in sources])
+        report.files += [FileReport(pattern, error=reason) for pattern, reason in unmatched]
+        self.progress.start(len(report.files))
+        with Manifest(self.config.producer.manifest, self.topic, fingerprint(self.config)) as manifest:
+            for _ in self._pool.map(self._publish_file, range(len(sources)), sources, report.files,
+                                    [manifest] * len(sources)):
+                pass
+            self._producer.flush()
+        for failed in report.files[len(sources):]:
+            self.progress.file_done(failed.url, failed.error)
+        report.elapsed_s = time.monotonic() - started
         return report
 
+    def _preflight(self, sources: list[Source]) -> None:
+        """Try cuts and definitions on the first entries of the first readable file; raise if they cannot work."""
+        if not self.plan.selection.filters:
+            return
+        for source in sources:
+            try:
+                check_selection(source, self.plan, _PREFLIGHT_ENTRIES)
+                return
+            except (UnknownBranch, ExpressionError) as error:
+                raise ConfigError(f"{source.url}: {error}") from None
+            except (SourceError, OSError, ValueError) as error:
+                log.warning("cannot check the selection on %s (%s); trying the next file", source.url, error)
+
+    def _publish_file(self, index: int, source: Source, report: FileReport, manifest: Manifest) -> None:
+        kafka = self.config.kafka
+        partitions = kafka.partitions
+
+        def finished(chunk_id: wire.ChunkId) -> bool:
+            done = manifest.covers(chunk_id)
+            report.skipped_chunks += done
+            return done
+
+        reader = FileReader(source, self.plan, finished)
+        try:
+            for read in reader:
+                for piece, key, value, headers in split_to_fit(read, kafka.max_message_bytes, kafka.compression):
+                    if report.error:
+                        return
+                    if manifest.has(piece.id):
+                        report.skipped_chunks += 1
+                        continue
+                    if source.sample:
+                        headers.append(("sample", source.sample.encode()))
+                    self._send(report, piece, key, value, headers, (index + read.index) % partitions, manifest)
+        except SourceError as error:
+            report.error = error.reason
+            log.error("skipping %s", error)
+        finally:
+            report.retries = reader.retries
+            self.progress.file_done(source.url, report.error)
+
+    def _send(self, report, piece: wire.Chunk, key, value, headers, partition: int, manifest: Manifest) -> None:
+        size = len(value)
+        self._budget.acquire(size)
+
+        def acked(metadata):
+            manifest.record(piece.id, metadata.partition, metadata.offset, piece.events)
+            with self._lock:
+                report.chunks += 1
+                report.events += piece.events
+                report.bytes += size
+            self._budget.release(size)
+            self.progress.advance(piece.events, size)
+
+        def failed(error):
+            with self._lock:
+                report.error = report.error or f"publishing chunk {key.decode()} to {self.topic!r} on {self.bootstrap} failed: {error}"
+            self._budget.release(size)
+
+        try:
+            future = self._producer.send(self.topic, key=key, value=value, headers=headers, partition=partition)
+        except KafkaError as error:
+            failed(error)
+            return
+        future.add_callback(acked)
+        future.add_errback(failed)
+
     def close(self) -> None:
+        self._pool.shutdown()
         self._producer.close()

@@ -2,20 +2,32 @@
 
 uproot reads local paths, ``root://`` URLs (through fsspec-xrootd, which
 stayed reliable on our XRootD tests where uproot's own XRootD source did not)
-and ``https://`` URLs alike. Errors are turned into :class:`SourceError`
-naming the URL and, where it applies, the tree or branch, so one bad file is
-reported and skipped while the others go on.
+and ``https://`` URLs alike. Chunk boundaries depend only on the tree's
+metadata and the configuration, so a resumed or retried run cuts the same
+chunks with the same keys. A transient remote error reopens the file and goes
+on from the chunk that failed, within the retry budget; anything else becomes
+a :class:`SourceError` naming the URL and, where it applies, the tree or
+branch, so one bad file is reported and skipped while the others go on.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import uproot
 
+from hepstream.streaming.expressions import ExpressionError
+from hepstream.streaming.retry import Backoff, is_transient
+from hepstream.streaming.selection import FilePlan, MissingBranches, Selection, UnknownBranch
+from hepstream.streaming.sources import Source
 from hepstream.wire import Chunk, ChunkId, awkward_to_batch
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(RuntimeError):
@@ -27,38 +39,78 @@ class SourceError(RuntimeError):
         self.reason = reason
 
 
-def _nearest(name: str, names) -> str:
-    close = difflib.get_close_matches(name, list(names), n=3)
-    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-
-
 @dataclass(frozen=True)
 class ReadPlan:
     """What to read from every file of a dataset; normalised once, so nothing deeper re-parses it."""
 
     dataset: str
-    tree: str
-    branches: tuple[str, ...]
+    tree: str  # the dataset's tree; a sample may name another in its sources
+    selection: Selection
     step_bytes: int
     max_chunk_events: int
+    backoff: Backoff
+    timeout_s: float
 
 
-def _open_tree(url: str, tree: str):
+@dataclass(frozen=True)
+class ReadChunk:
+    """A chunk and where its rows came from: ``entries`` holds each row's entry number when cuts dropped some."""
+
+    chunk: Chunk
+    index: int
+    entries: np.ndarray | None
+
+
+def configure_remote_timeouts(timeout_s: float) -> None:
+    """Bound how long the XRootD client waits, so a dead server is an error in seconds, not minutes.
+
+    The client's defaults keep reconnecting for two minutes before a request
+    fails; our own retries, with backoff, take that job.
+    """
     try:
-        file = uproot.open(url)
+        from XRootD import client
+    except ImportError:
+        return
+    seconds = max(1, int(timeout_s))
+    for name, value in (("RequestTimeout", seconds), ("StreamTimeout", seconds),
+                        ("ConnectionWindow", min(seconds, 10)), ("ConnectionRetry", 1)):
+        client.EnvPutInt(name, value)
+
+
+def _forget_remote_handles(url: str) -> None:
+    """fsspec caches the filesystem of a dropped XRootD connection; a retry must open a fresh one."""
+    if url.startswith("root://"):
+        import fsspec_xrootd
+
+        fsspec_xrootd.XRootDFileSystem.clear_instance_cache()
+
+
+def _nearest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, list(names), n=3)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _open_tree(source: Source, timeout_s: float):
+    try:
+        # Each basket is read once, so uproot's caches would only hold memory. XRootD takes whole seconds.
+        file = uproot.open(source.url, timeout=max(1, round(timeout_s)), object_cache=None, array_cache=None)
     except FileNotFoundError:
-        raise SourceError(url, "no such file") from None
+        raise SourceError(source.url, "no such file") from None
     except Exception as error:  # uproot raises many kinds for bad bytes or remote failures
-        raise SourceError(url, f"cannot open as a ROOT file: {error}") from None
+        if is_transient(error, source.url):
+            raise
+        raise SourceError(source.url, f"cannot open as a ROOT file: {error}") from None
     try:
-        return file, file[tree]
+        return file, file[source.tree]
     except KeyError:
         keys = file.keys(cycle=False)
         file.close()
-        raise SourceError(url, f"has no tree {tree!r}{_nearest(tree, keys)}; it holds {keys}") from None
+        raise SourceError(source.url, f"has no tree {source.tree!r}{_nearest(source.tree, keys)}; it holds {keys}") from None
     except Exception as error:
         file.close()
-        raise SourceError(url, f"cannot read tree {tree!r}: {type(error).__name__}: {error}") from None
+        if is_transient(error, source.url):
+            raise
+        raise SourceError(source.url, f"cannot read tree {source.tree!r}: {type(error).__name__}: {error}") from None
 
 
 def entries_per_step(tree, branches, step_bytes: int) -> int:
@@ -72,19 +124,83 @@ def entries_per_step(tree, branches, step_bytes: int) -> int:
     return max(1, int(step_bytes / max(per_entry, 1e-9)))
 
 
-def iterate_chunks(url: str, plan: ReadPlan, label: int | None = None) -> Iterator[Chunk]:
-    """Yield the file's events in chunks of at most ``plan.step_bytes`` (in memory) and ``max_chunk_events``."""
-    file, tree = _open_tree(url, plan.tree)
-    with file:
-        missing = [b for b in plan.branches if b not in tree]
-        if missing:
-            hints = "".join(_nearest(b, tree.keys()) for b in missing)
-            raise SourceError(url, f"tree {plan.tree!r} lacks branch(es) {missing}{hints}")
-        file_uuid = str(file.file.uuid)
+class FileReader:
+    """Reads one source chunk by chunk, reopening it after transient errors, skipping finished chunks."""
+
+    def __init__(self, source: Source, plan: ReadPlan, finished: Callable[[ChunkId], bool] = lambda _: False):
+        self.source = source
+        self.plan = plan
+        self.finished = finished
+        self.next_entry = 0
+        self.retries = 0
+
+    def __iter__(self) -> Iterator[ReadChunk]:
+        waits = self.plan.backoff.waits()
+        while True:
+            try:
+                yield from self._read_from(self.next_entry)
+                return
+            except SourceError:
+                raise
+            except Exception as error:
+                wait = next(waits, None) if is_transient(error, self.source.url) else None
+                if wait is None:
+                    retried = f" after {self.retries} retries" if self.retries else ""
+                    raise SourceError(self.source.url, f"reading failed{retried} at entry {self.next_entry}: "
+                                                       f"{type(error).__name__}: {error}") from None
+                self.retries += 1
+                log.warning("%s: %s; retry %d in %.1f s", self.source.url, error, self.retries, wait)
+                _forget_remote_handles(self.source.url)
+                time.sleep(wait)
+
+    def _read_from(self, entry_start: int) -> Iterator[ReadChunk]:
+        file, tree = _open_tree(self.source, self.plan.timeout_s)
+        with file:
+            try:
+                file_plan = self.plan.selection.resolve(tree.keys())
+            except MissingBranches as error:
+                raise SourceError(self.source.url, f"tree {self.source.tree!r} {error}") from None
+            file_uuid = str(file.file.uuid)
+            step = min(entries_per_step(tree, file_plan.read, self.plan.step_bytes), self.plan.max_chunk_events)
+            total = tree.num_entries
+            start = entry_start
+            while start < total and self.finished(ChunkId(file_uuid, self.source.tree, start, min(start + step, total))):
+                start += step
+            self.next_entry = min(start, total)
+            if start >= total:
+                return
+            arrays_iter = tree.iterate(list(file_plan.read), step_size=step, entry_start=start, report=True)
+            for arrays, report in arrays_iter:
+                chunk_id = ChunkId(file_uuid, self.source.tree, int(report.tree_entry_start), int(report.tree_entry_stop))
+                if not self.finished(chunk_id):
+                    yield self._chunk(chunk_id, arrays, file_plan, chunk_id.entry_start // step)
+                self.next_entry = chunk_id.entry_stop
+
+    def _chunk(self, chunk_id: ChunkId, arrays, file_plan: FilePlan, index: int) -> ReadChunk:
         try:
-            step = min(entries_per_step(tree, plan.branches, plan.step_bytes), plan.max_chunk_events)
-            for arrays, report in tree.iterate(list(plan.branches), step_size=step, report=True):
-                chunk_id = ChunkId(file_uuid, plan.tree, int(report.tree_entry_start), int(report.tree_entry_stop))
-                yield Chunk(chunk_id, plan.dataset, url, awkward_to_batch(arrays), label)
-        except Exception as error:
-            raise SourceError(url, f"reading tree {plan.tree!r} failed: {type(error).__name__}: {error}") from None
+            selected, rows = self.plan.selection.apply(arrays, file_plan)
+        except ExpressionError as error:
+            raise SourceError(self.source.url, str(error)) from None
+        chunk = Chunk(chunk_id, self.plan.dataset, self.source.url, awkward_to_batch(selected), self.source.label)
+        entries = None if rows is None else rows + chunk_id.entry_start
+        return ReadChunk(chunk, index, entries)
+
+
+
+def check_selection(source: Source, plan: ReadPlan, entries: int) -> None:
+    """Evaluate the definitions and cuts on the first ``entries`` of ``source``.
+
+    Raises :class:`UnknownBranch` or :class:`ExpressionError` for a selection
+    that cannot work, :class:`SourceError` (or a transient error) when the
+    file cannot tell.
+    """
+    file, tree = _open_tree(source, plan.timeout_s)
+    with file:
+        names = plan.selection.expression_inputs(tree.keys())
+        plan.selection.try_on(tree.arrays(names, entry_stop=min(entries, tree.num_entries)))
+
+
+def iterate_chunks(url: str, plan: ReadPlan, label: int | None = None) -> Iterator[Chunk]:
+    """The chunks of one file's ``plan.tree`` as the wire carries them, for tools and tests."""
+    for read in FileReader(Source(url, plan.tree, label), plan):
+        yield read.chunk

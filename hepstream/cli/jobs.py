@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -52,16 +53,25 @@ def _wait_for_signal() -> threading.Event:
 
 
 def run_produce(args) -> int:
-    from hepstream.streaming.producer import Producer
+    """Exit 0 when every file went through, 1 when any failed, 3 when the brokers cannot be reached."""
+    from hepstream.streaming.producer import BrokerUnavailable, Producer
+    from hepstream.streaming.progress import progress_for
 
     config, bootstrap = _load(args)
-    if not config.dataset.files:
-        raise ConfigError("dataset.files is empty: nothing to produce")
-    producer = Producer(config, _require_bootstrap(bootstrap))
+    dataset = config.dataset
+    if not (dataset.files or dataset.file_list or dataset.samples):
+        raise ConfigError("dataset.files, dataset.file_list and dataset.samples are all empty: nothing to produce")
+    progress = progress_for(every_s=config.producer.progress_every_s)
     try:
-        report = producer.run(config.dataset.files)
-    finally:
-        producer.close()
+        producer = Producer(config, _require_bootstrap(bootstrap), progress=progress)
+        try:
+            report = producer.run()
+        finally:
+            producer.close()
+    except BrokerUnavailable as error:
+        print(f"hepstream produce: {error}", file=sys.stderr)
+        return 3
+    progress.close(report)
     print(json.dumps(report.as_dict(), indent=1))
     return 1 if report.failed else 0
 
@@ -71,6 +81,11 @@ def run_train(args) -> int:
 
     config, bootstrap = _load(args)
     trainer = StreamTrainer(config, _require_bootstrap(bootstrap))
+    if config.training.metrics_port is not None:
+        from hepstream.models.monitoring import serve_metrics
+
+        _, port = serve_metrics(config.model.name, trainer.status, config.training.metrics_port)
+        print(f"trainer metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
     trainer.run(_wait_for_signal())
     print(json.dumps(trainer.status(), indent=1, default=str))
     return 0
@@ -84,9 +99,7 @@ def run_serve(args) -> int:
     config, _ = _load(args)
     ray.init(include_dashboard=False, logging_level="WARNING")
     try:
-        url = start_serve(Path(config.store.path).resolve(), config.model.name, host=config.serve.host,
-                          port=config.serve.port, poll_interval_s=config.serve.poll_interval_s,
-                          max_events_per_request=config.serve.max_events_per_request)
+        url = start_serve(Path(config.store.path).resolve(), config.model.name, settings=config.serve)
         print(f"serving model {config.model.name!r} from {config.store.path} on {url}", flush=True)
         _wait_for_signal().wait()
     finally:

@@ -1,0 +1,120 @@
+"""The producer's record of acknowledged chunks, so that a restarted run sends only what is missing.
+
+A JSON-lines file: a header naming the topic and a fingerprint of everything
+that decides chunk boundaries, then one line per chunk the broker
+acknowledged, appended and flushed from the acknowledgement callback. A
+process killed mid-write leaves at most one partial last line, which is
+dropped on the next start. Chunks sent but not acknowledged are not recorded:
+a restart sends them again, under the same key, and consumers that count each
+event once skip the duplicate by key (docs/wire-format.md).
+
+With no path, the manifest lives in memory: the same bookkeeping serves
+retries within one run.
+
+>>> import tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "m.jsonl"
+>>> with Manifest(path, "t.events", "fp") as m:
+...     m.record(ChunkId("u", "Events", 0, 50), partition=0, offset=7, events=50)
+...     m.record(ChunkId("u", "Events", 50, 100), partition=1, offset=3, events=50)
+>>> again = Manifest(path, "t.events", "fp")
+>>> again.covers(ChunkId("u", "Events", 0, 100)), again.covers(ChunkId("u", "Events", 0, 150))
+(True, False)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+from hepstream.config import ConfigError
+from hepstream.wire import ChunkId
+
+VERSION = 1
+
+
+class ManifestError(ConfigError):
+    """A manifest that belongs to another topic or another selection, or that cannot be read."""
+
+
+class Manifest:
+    def __init__(self, path: Path | None, topic: str, fingerprint: str):
+        self.path = None if path is None else Path(path)
+        self._lock = threading.Lock()
+        self._ranges: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+        self._keys: set[bytes] = set()
+        self._file = None
+        header = {"manifest": VERSION, "topic": topic, "fingerprint": fingerprint}
+        if self.path is None:
+            return
+        if self.path.exists() and self.path.stat().st_size:
+            self._load(header)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(header) + "\n")
+        self._file = self.path.open("a")
+
+    def _load(self, header: dict) -> None:
+        text = self.path.read_text()
+        if not text.endswith("\n"):  # a line cut short by a killed process
+            text = text[: text.rfind("\n") + 1]
+            self.path.write_text(text)
+        lines = text.splitlines()
+        try:
+            found = json.loads(lines[0])
+            records = [json.loads(line) for line in lines[1:]]
+        except (IndexError, ValueError) as error:
+            raise ManifestError(f"manifest {self.path}: not a hepstream manifest ({error})") from None
+        for name in ("manifest", "topic", "fingerprint"):
+            if found.get(name) != header[name]:
+                raise ManifestError(
+                    f"manifest {self.path} was written with {name} {found.get(name)!r}, this run has {header[name]!r}: "
+                    "resuming would publish chunks with other boundaries or to another topic; "
+                    "delete the manifest or set producer.manifest to another path"
+                )
+        for record in records:
+            self._remember(ChunkId.from_key(record["key"].encode()))
+
+    def _remember(self, chunk: ChunkId) -> None:
+        self._keys.add(chunk.key())
+        self._ranges[(chunk.file_uuid, chunk.tree)].append((chunk.entry_start, chunk.entry_stop))
+
+    @property
+    def acknowledged(self) -> int:
+        return len(self._keys)
+
+    def has(self, chunk: ChunkId) -> bool:
+        return chunk.key() in self._keys
+
+    def covers(self, chunk: ChunkId) -> bool:
+        """Whether acknowledged chunks cover every entry of ``chunk`` (it may have been sent in pieces)."""
+        with self._lock:
+            ranges = sorted(self._ranges.get((chunk.file_uuid, chunk.tree), ()))
+        reached = chunk.entry_start
+        for start, stop in ranges:
+            if start > reached:
+                break
+            reached = max(reached, stop)
+        return reached >= chunk.entry_stop
+
+    def record(self, chunk: ChunkId, partition: int, offset: int, events: int) -> None:
+        """Note an acknowledged chunk; flushed at once, so a killed process loses none it was told of."""
+        line = json.dumps({"key": chunk.key().decode(), "partition": partition, "offset": offset, "events": events})
+        with self._lock:
+            self._remember(chunk)
+            if self._file is not None:
+                self._file.write(line + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
