@@ -2,10 +2,13 @@
 
 Jagged collections (``Muon_pt``, ``Muon_eta``, ...) are cut or padded to a
 fixed number of objects by offset arithmetic on the Arrow list buffers, with a
-0/1 mask column per slot, so there is no per-event Python loop. Normalisation
-is a running mean and variance (Chan et al.'s parallel update), kept in the
-pipeline's state so a checkpoint carries it and the server applies exactly the
-statistics the model was trained with.
+0/1 mask column per slot, so there is no per-event Python loop: each
+collection computes once where its kept objects land in the output matrix,
+then every branch of it is one gather and one scatter. Derived branches
+(:mod:`hepstream.models.expressions`) are computed column-wise first.
+Normalisation is a running mean and variance (Chan et al.'s parallel update),
+kept in the pipeline's state so a checkpoint carries it and the server applies
+exactly the statistics the model was trained with.
 
 >>> import pyarrow as pa
 >>> from hepstream.config import FeaturesConfig, JaggedFeature
@@ -24,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from hepstream.config import FeaturesConfig
+from hepstream.models.expressions import ExpressionError, Jagged, evaluate
 
 
 class FeatureError(ValueError):
@@ -40,57 +44,108 @@ class BranchSpec:
     jagged: bool
 
 
-def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
-    index = batch.schema.get_field_index(name)
-    if index < 0:
-        raise FeatureError(name, f"missing; the batch has {sorted(batch.schema.names)}")
-    return batch.column(index)
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Where things are in the feature matrix, for models that treat collections as sets.
 
-
-def _flat_values(batch: pa.RecordBatch, name: str) -> np.ndarray:
-    column = _column(batch, name)
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        raise FeatureError(name, f"expected one number per event, got Arrow type {column.type}")
-    return column.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-
-
-def _jagged_parts(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets relative to the first event, flat values) of a list column."""
-    column = _column(batch, name)
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
-        raise FeatureError(name, f"expected a list of numbers per event, got Arrow type {column.type}")
-    value_type = column.type.value_type
-    # All-empty lists (no object in any event) come out of JSON as list<null>.
-    empty = pa.types.is_null(value_type) and len(column.values) == 0
-    if not (empty or pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
-        raise FeatureError(name, f"expected numbers inside the list, got {value_type}")
-    if column.null_count:
-        raise FeatureError(name, f"{column.null_count} event(s) have a null list")
-    offsets = column.offsets.to_numpy()
-    values = column.values.to_numpy(zero_copy_only=False)
-    values = values[offsets[0] : offsets[-1]].astype(np.float32, copy=False)
-    return offsets - offsets[0], values
-
-
-def pad(offsets: np.ndarray, values: np.ndarray, length: int, order: np.ndarray | None = None):
-    """First ``length`` objects of each event as an ``(n, length)`` array, zero-padded, and its mask.
-
-    ``order`` is a permutation of ``values`` that puts each event's objects in
-    the wanted order (see :func:`descending_order`).
-
-    >>> padded, mask = pad(np.array([0, 3, 3, 4]), np.array([1., 2., 3., 4.]), 2)
-    >>> padded.tolist(), mask.tolist()
-    ([[1.0, 2.0], [0.0, 0.0], [4.0, 0.0]], [[True, True], [False, False], [True, False]])
+    Columns: ``flat`` flat features; then for each collection ``(branches,
+    length)`` its branches one after the other, each over ``length`` slots;
+    then the collections' masks, ``length`` columns each.
     """
-    counts = np.diff(offsets)
-    slots = np.arange(length)
-    mask = slots[None, :] < counts[:, None]
-    index = (offsets[:-1, None] + slots[None, :])[mask]
-    if order is not None:
-        index = order[index]
-    padded = np.zeros(mask.shape, dtype=np.float32)
-    padded[mask] = values[index]
-    return padded, mask
+
+    flat: int
+    collections: tuple[tuple[int, int], ...]
+
+    @property
+    def value_columns(self) -> int:
+        return self.flat + sum(b * n for b, n in self.collections)
+
+    @property
+    def n_features(self) -> int:
+        return self.value_columns + sum(n for _, n in self.collections)
+
+    def blocks(self):
+        """``(value_start, mask_start, branches, length)`` of each collection."""
+        value, mask = self.flat, self.value_columns
+        for branches, length in self.collections:
+            yield value, mask, branches, length
+            value += branches * length
+            mask += length
+
+
+def _numeric(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type)
+
+
+class _Columns:
+    """The batch's branches as numpy (flat) or :class:`Jagged`, derived branches computed on first use."""
+
+    def __init__(self, batch: pa.RecordBatch, derived: dict[str, str]):
+        self.batch = batch
+        self.derived = derived
+        self.cache: dict[str, np.ndarray | Jagged] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray | Jagged:
+        if name not in self.cache:
+            self.cache[name] = self._derive(name) if name in self.derived else self._read(name)
+        return self.cache[name]
+
+    def _derive(self, name: str):
+        try:
+            value = evaluate(self.derived[name], self.__getitem__)
+        except ExpressionError as error:
+            raise FeatureError(name, str(error)) from None
+        if np.ndim(getattr(value, "values", value)) == 0:
+            value = np.full(self.batch.num_rows, value, dtype=np.float32)
+        return value
+
+    def _read(self, name: str):
+        index = self.batch.schema.get_field_index(name)
+        if index < 0:
+            raise FeatureError(name, f"missing; the batch has {sorted(self.batch.schema.names)}")
+        column = self.batch.column(index)
+        if _numeric(column.type):
+            if column.null_count:
+                raise FeatureError(name, f"{column.null_count} event(s) have no value")
+            return column.to_numpy(zero_copy_only=False)
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            raise FeatureError(name, f"expected numbers or lists of numbers per event, got Arrow type {column.type}")
+        value_type = column.type.value_type
+        # All-empty lists (no object in any event) come out of JSON as list<null>.
+        empty = pa.types.is_null(value_type) and len(column.values) == 0
+        if not (empty or _numeric(value_type)):
+            raise FeatureError(name, f"expected numbers inside the list, got {value_type}")
+        if column.null_count:
+            raise FeatureError(name, f"{column.null_count} event(s) have a null list")
+        offsets = column.offsets.to_numpy()
+        values = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+        return Jagged(offsets - offsets[0], values.astype(np.float32, copy=False))
+
+    def flat(self, name: str) -> np.ndarray:
+        value = self[name]
+        if isinstance(value, Jagged):
+            raise FeatureError(name, "expected one number per event, got a list per event")
+        return value
+
+    def jagged(self, name: str) -> Jagged:
+        value = self[name]
+        if not isinstance(value, Jagged):
+            raise FeatureError(name, "expected a list of numbers per event, got one number per event")
+        return value
+
+
+def _checked(name: str, values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise FeatureError(name, "contains NaN or infinite values")
+    return values
+
+
+def is_descending(offsets: np.ndarray, key: np.ndarray) -> bool:
+    """Whether ``key`` already decreases within every event (NanoAOD collections come sorted by pt)."""
+    if key.size < 2:
+        return True
+    rising = np.flatnonzero(np.diff(key) > 0) + 1  # positions where the key goes up
+    return bool(np.isin(rising, offsets).all())  # ... only where a new event starts
 
 
 def descending_order(offsets: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -99,32 +154,61 @@ def descending_order(offsets: np.ndarray, key: np.ndarray) -> np.ndarray:
     return np.lexsort((-key, event))
 
 
-class RawFeatures(NamedTuple):
-    values: np.ndarray
-    valid: np.ndarray
-    masks: np.ndarray
+def slot_targets(offsets: np.ndarray, length: int, row_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the first ``length`` objects of each event go: their index in the flat values, the flat index
+    of their cell in a row-major matrix ``row_width`` wide (relative to the collection's first column), and
+    their slot.
+
+    >>> source, target, slot = slot_targets(np.array([0, 3, 3, 4]), 2, 10)
+    >>> source.tolist(), target.tolist(), slot.tolist()
+    ([0, 1, 3], [0, 1, 20], [0, 1, 0])
+    """
+    counts = np.diff(offsets)
+    starts = np.repeat(offsets[:-1], counts)
+    slot = np.arange(offsets[-1], dtype=offsets.dtype) - starts
+    kept = np.flatnonzero(slot < length)
+    slot = slot[kept]
+    event = np.repeat(np.arange(len(counts), dtype=np.int64), counts)[kept]
+    return kept, event * row_width + slot, slot
+
+
+class Objects(NamedTuple):
+    """One collection's kept objects: cell of each in the matrix, its slot, and each branch's values."""
+
+    target: np.ndarray
+    slot: np.ndarray
+    values: list[np.ndarray]
+
+
+class Extracted(NamedTuple):
+    """A batch's feature values before they are laid out: per flat feature one array, per collection its
+    kept objects. Statistics and the matrix are both computed from it with 1-D operations only."""
+
+    events: int
+    flat: list[np.ndarray]
+    collections: list[Objects]
 
 
 class RunningMoments:
-    """Per-column mean and variance over every value seen, merged batch by batch."""
+    """Per-column count, mean and sum of squared deviations over every real value seen (Chan et al.'s merge)."""
 
     def __init__(self, width: int):
         self.count = np.zeros(width, dtype=np.float64)
         self.mean = np.zeros(width, dtype=np.float64)
         self.m2 = np.zeros(width, dtype=np.float64)
 
-    def update(self, values: np.ndarray, valid: np.ndarray) -> None:
-        n = valid.sum(axis=0).astype(np.float64)
-        safe_n = np.maximum(n, 1.0)
-        masked = np.where(valid, values, 0.0)
-        mean = masked.sum(axis=0) / safe_n
-        m2 = (np.where(valid, values - mean, 0.0) ** 2).sum(axis=0)
-        total = self.count + n
-        delta = mean - self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
-            weight = np.where(total > 0, n / total, 0.0)
+    def merge(self, count: np.ndarray, shifted_sum: np.ndarray, shifted_squares: np.ndarray) -> None:
+        """Absorb a batch given per column its count and the sums of ``v - self.mean`` and of its square.
+
+        Sums are taken around the current mean, so the variance loses no precision to cancellation.
+        """
+        safe = np.maximum(count, 1.0)
+        delta = shifted_sum / safe  # batch mean minus current mean
+        batch_m2 = np.maximum(shifted_squares - shifted_sum * delta, 0.0)
+        total = self.count + count
+        weight = np.divide(count, total, out=np.zeros_like(total), where=total > 0)
         self.mean = self.mean + delta * weight
-        self.m2 = self.m2 + m2 + delta**2 * self.count * weight
+        self.m2 = self.m2 + batch_m2 + delta**2 * self.count * weight
         self.count = total
 
     @property
@@ -136,84 +220,120 @@ class RunningMoments:
 class FeaturePipeline:
     """Branch-space events to model inputs: flat branches, padded collections with masks, normalised.
 
-    Column order: the flat branches; then each collection's branches, each
-    padded to ``length`` slots; then one mask column per slot of each
-    collection.
+    ``extract`` checks a batch and picks its values, ``learn`` updates the
+    statistics from them, ``matrix`` lays them out (standardised);
+    ``transform`` is ``extract`` then ``matrix``, the read-only path the server runs.
     """
 
     def __init__(self, spec: FeaturesConfig):
         self.spec = spec
-        widths = [len(spec.flat)]
-        widths += [len(c.branches) * c.length for c in spec.jagged]
-        self._value_columns = sum(widths)
-        self.n_features = self._value_columns + sum(c.length for c in spec.jagged)
-        self.moments = RunningMoments(self._value_columns)
+        self._derived = {d.name: d.expr for d in spec.derived}
+        self.layout = FeatureLayout(len(spec.flat), tuple((len(c.branches), c.length) for c in spec.jagged))
+        self.n_features = self.layout.n_features
+        self.moments = RunningMoments(self.layout.value_columns)
+        self._jagged_sources = {b for c in spec.jagged for b in c.branches if b not in self._derived}
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = list(self.spec.flat)
+        for c in self.spec.jagged:
+            names += [f"{b}[{i}]" for b in c.branches for i in range(c.length)]
+        for c in self.spec.jagged:
+            names += [f"{c.branches[0].split('_')[0]}_mask[{i}]" for i in range(c.length)]
+        return names
 
     @property
     def inputs(self) -> list[BranchSpec]:
-        specs = [BranchSpec(name, False) for name in self.spec.flat]
-        for collection in self.spec.jagged:
-            specs += [BranchSpec(name, True) for name in collection.branches]
-        return specs
+        """Branches a client sends; what derived branches read is flat unless seen jagged in training."""
+        return [BranchSpec(name, name in self._jagged_sources)
+                for name in self.spec.branches if name != self.spec.weight]
 
-    def raw(self, batch: pa.RecordBatch) -> RawFeatures:
-        """Unnormalised values, which of them are real objects (not padding), and the slot masks."""
-        n = batch.num_rows
-        columns = [_flat_values(batch, name)[:, None] for name in self.spec.flat]
-        valid = [np.ones((n, len(self.spec.flat)), dtype=bool)]
-        masks = []
-        for collection in self.spec.jagged:
-            parts = {name: _jagged_parts(batch, name) for name in collection.branches}
-            offsets = parts[collection.branches[0]][0]
-            for name, (other, _) in parts.items():
-                if not np.array_equal(other, offsets):
+    def extract(self, batch: pa.RecordBatch) -> Extracted:
+        """Check a batch and pick its feature values; raises :class:`FeatureError` naming the branch at fault."""
+        columns = _Columns(batch, self._derived)
+        flat = [_checked(name, columns.flat(name)) for name in self.spec.flat]
+        collections = []
+        for collection, (_, _, _, length) in zip(self.spec.jagged, self.layout.blocks()):
+            first = columns.jagged(collection.branches[0])
+            for name in collection.branches[1:]:
+                if not np.array_equal(columns.jagged(name).offsets, first.offsets):
                     raise FeatureError(name, f"object counts differ from {collection.branches[0]!r}")
-            order = None
+            source, target, slot = slot_targets(first.offsets, length, self.layout.n_features)
             if collection.sort_by is not None:
-                order = descending_order(offsets, parts[collection.sort_by][1])
-            mask = None
-            for name in collection.branches:
-                padded, mask = pad(offsets, parts[name][1], collection.length, order)
-                columns.append(padded)
-                valid.append(mask)
-            masks.append(mask)
-        values = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.float32)
-        raw = RawFeatures(values, np.concatenate(valid, axis=1), np.concatenate(masks, axis=1) if masks else np.zeros((n, 0)))
-        self._check_finite(raw.values)
-        return raw
+                key = columns.jagged(collection.sort_by).values
+                if not is_descending(first.offsets, key):
+                    source = descending_order(first.offsets, key)[source]
+            values = [_checked(name, columns.jagged(name).values)[source] for name in collection.branches]
+            collections.append(Objects(target, slot, values))
+        self._jagged_sources |= {name for name, value in columns.cache.items() if isinstance(value, Jagged)}
+        return Extracted(batch.num_rows, flat, collections)
 
-    def learn(self, raw: RawFeatures) -> None:
+    def learn(self, extracted: Extracted) -> None:
         """Absorb a training batch into the normalisation statistics (padding slots excluded)."""
-        if self.spec.normalize:
-            self.moments.update(raw.values, raw.valid)
+        if not self.spec.normalize:
+            return
+        width = self.layout.value_columns
+        count, total, squares = np.zeros(width), np.zeros(width), np.zeros(width)
+        centre = self.moments.mean
+        for column, values in enumerate(extracted.flat):
+            shifted = values - centre[column]
+            count[column], total[column], squares[column] = len(values), shifted.sum(), shifted @ shifted
+        for objects, (start, _, _, length) in zip(extracted.collections, self.layout.blocks()):
+            per_slot = np.bincount(objects.slot, minlength=length)
+            for j, values in enumerate(objects.values):
+                cells = slice(start + j * length, start + (j + 1) * length)
+                shifted = values - centre[cells][objects.slot]
+                count[cells] = per_slot
+                total[cells] = np.bincount(objects.slot, shifted, minlength=length)
+                squares[cells] = np.bincount(objects.slot, shifted * shifted, minlength=length)
+        self.moments.merge(count, total, squares)
 
-    def normalise(self, raw: RawFeatures) -> np.ndarray:
-        values = raw.values
-        if self.spec.normalize:
-            values = (values - self.moments.mean.astype(np.float32)) / self.moments.scale
-            values = np.where(raw.valid, values, 0.0)
-        return np.concatenate([values, raw.masks.astype(np.float32)], axis=1).astype(np.float32, copy=False)
+    def matrix(self, extracted: Extracted, normalise: bool = True) -> np.ndarray:
+        """The feature matrix: values (standardised when ``normalise`` and configured), padding zero, masks 0/1."""
+        layout = self.layout
+        out = np.zeros((extracted.events, layout.n_features), dtype=np.float32)
+        shift = np.zeros(layout.value_columns, dtype=np.float32)
+        factor = np.ones(layout.value_columns, dtype=np.float32)
+        if normalise and self.spec.normalize:
+            factor = 1.0 / self.moments.scale
+            shift = (-self.moments.mean * factor).astype(np.float32)
+        for column, values in enumerate(extracted.flat):
+            out[:, column] = values * factor[column] + shift[column]
+        cells = out.reshape(-1)
+        for objects, (start, mask_start, _, length) in zip(extracted.collections, layout.blocks()):
+            for j, values in enumerate(objects.values):
+                first = start + j * length
+                slot_factor, slot_shift = factor[first : first + length], shift[first : first + length]
+                cells[objects.target + first] = values * slot_factor[objects.slot] + slot_shift[objects.slot]
+            cells[objects.target + mask_start] = 1.0
+        return out
+
+    def raw(self, batch: pa.RecordBatch) -> np.ndarray:
+        """Unnormalised features of a batch, as the exported models take them."""
+        return self.matrix(self.extract(batch), normalise=False)
 
     def transform(self, batch: pa.RecordBatch) -> np.ndarray:
         """The model's input matrix for a batch of events, with the statistics learned so far."""
-        return self.normalise(self.raw(batch))
+        return self.matrix(self.extract(batch))
 
-    def _check_finite(self, values: np.ndarray) -> None:
-        bad = ~np.isfinite(values)
-        if bad.any():
-            column = int(np.argwhere(bad.any(axis=0))[0][0])
-            # Jagged columns are laid out branch by branch, slot by slot.
-            names = self.spec.flat + [
-                name for c in self.spec.jagged for name in c.branches for _ in range(c.length)
-            ]
-            raise FeatureError(names[column], "contains NaN or infinite values")
+    def weights(self, batch: pa.RecordBatch) -> np.ndarray | None:
+        """Per-event training weights from ``features.weight``; None when no weight branch is configured."""
+        if self.spec.weight is None:
+            return None
+        weights = _checked(self.spec.weight, _Columns(batch, self._derived).flat(self.spec.weight))
+        if (weights < 0).any():
+            raise FeatureError(self.spec.weight, "negative event weights are not supported")
+        return weights.astype(np.float32, copy=False)
 
     def state_dict(self) -> dict:
-        return {"count": self.moments.count.tolist(), "mean": self.moments.mean.tolist(), "m2": self.moments.m2.tolist()}
+        return {"count": self.moments.count.tolist(), "mean": self.moments.mean.tolist(),
+                "m2": self.moments.m2.tolist(), "jagged_sources": sorted(self._jagged_sources)}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("count", "mean", "m2"):
             array = np.asarray(state[key], dtype=np.float64)
-            if array.shape != (self._value_columns,):
-                raise ValueError(f"feature state {key!r} has shape {array.shape}, expected ({self._value_columns},)")
+            if array.shape != (self.layout.value_columns,):
+                raise ValueError(f"feature state {key!r} has shape {array.shape}, "
+                                 f"expected ({self.layout.value_columns},)")
             setattr(self.moments, key, array)
+        self._jagged_sources |= set(state.get("jagged_sources", ()))

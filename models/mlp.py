@@ -1,4 +1,4 @@
-"""The fully connected network, the first model a physicist reaches for on flat features."""
+"""The plain network: every feature in, hidden ReLU layers, one logit (binary) or one per class out."""
 
 from __future__ import annotations
 
@@ -6,24 +6,41 @@ import torch
 from torch import nn
 
 
-class MLP(nn.Module):
-    """Hidden layers of ReLU units, one logit out (binary classification).
+def dense_layers(widths: list[int], dropout: float = 0.0, last_activation: bool = False) -> nn.Sequential:
+    """Linear layers through ``widths`` with ReLU (and dropout) between them; shared by every torch model.
 
-    >>> MLP(5, [8, 8])(torch.zeros(3, 5)).shape
-    torch.Size([3])
+    >>> dense_layers([4, 8, 1])
+    Sequential(
+      (0): Linear(in_features=4, out_features=8, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=8, out_features=1, bias=True)
+    )
     """
-
-    def __init__(self, n_features: int, hidden: list[int], dropout: float = 0.0):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = n_features
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
+    layers: list[nn.Module] = []
+    for i, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
+        layers.append(nn.Linear(width_in, width_out))
+        if i < len(widths) - 2 or last_activation:
+            layers.append(nn.ReLU())
             if dropout:
                 layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
+    return nn.Sequential(*layers)
+
+
+def squeeze_binary(logits: torch.Tensor) -> torch.Tensor:
+    """One logit per event for binary models, ``(n, classes)`` otherwise."""
+    return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+
+
+class MLP(nn.Module):
+    """Hidden layers of ReLU units over the whole feature matrix.
+
+    >>> MLP(5, [8, 8])(torch.zeros(3, 5)).shape, MLP(5, [8], outputs=3)(torch.zeros(3, 5)).shape
+    (torch.Size([3]), torch.Size([3, 3]))
+    """
+
+    def __init__(self, n_features: int, hidden: list[int], dropout: float = 0.0, outputs: int = 1):
+        super().__init__()
+        self.net = dense_layers([n_features, *hidden, outputs], dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        return squeeze_binary(self.net(x))

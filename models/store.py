@@ -1,12 +1,14 @@
 """Versioned model store on a filesystem: ``<root>/<model>/v000001/``.
 
 A version is written into a hidden folder and renamed into place, so a reader
-(the server polling for new versions) never sees half of one. Version numbers
-only grow. Each version holds the weights (``weights.pt``, read back with
-``torch.load(weights_only=True)``: a checkpoint is data, never code), the
-metadata a reader needs (``meta.json``: feature spec and state, metrics,
-lineage) and the trainer's resume state (``trainer.json``: offsets, seen chunk
-keys).
+(the server polling for new versions) never sees half of one; staging folders
+left by a killed trainer are removed by the next publish. Version numbers only
+grow, and only the newest ``store.keep`` versions stay on disk. Each version
+holds the model state, as ``weights.pt`` (torch models, read back with
+``torch.load(weights_only=True)``) or ``model.json`` (river and JSON user
+models): a checkpoint is data, never code. ``meta.json`` holds what a reader
+needs (feature spec and state, metrics, lineage); ``trainer.json`` the
+trainer's resume state (offsets, seen chunk keys, counters).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from hepstream.config import FeaturesConfig, ModelConfig
+from hepstream.config import FeaturesConfig, ModelConfig, TrainingConfig
 from hepstream.models.features import BranchSpec, FeaturePipeline
-from hepstream.models.registry import build_model
+from hepstream.models.registry import build_estimator
 
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
+_STAGING = re.compile(r"^\.staging-v\d+-(\d+)-")
 
 
 class StoreError(RuntimeError):
@@ -36,24 +38,37 @@ class StoreError(RuntimeError):
 class LoadedModel:
     """One published version, ready to score events in branch space."""
 
-    def __init__(self, name: str, version: int, meta: dict, weights: dict):
+    def __init__(self, name: str, version: int, meta: dict, model_state: dict):
         self.name = name
         self.version = version
         self.meta = meta
         self.features = FeaturePipeline(FeaturesConfig.model_validate(meta["features"]))
         self.features.load_state_dict(meta["feature_state"])
-        self.model = build_model(ModelConfig.model_validate(meta["model"]), self.features.n_features)
-        self.model.load_state_dict(weights["model"])
-        self.model.eval()
+        self.config = ModelConfig.model_validate(meta["model"])
+        self.estimator = build_estimator(self.config, self.features, TrainingConfig(device="cpu"))
+        self.estimator.load_state_dict(model_state)
 
     @property
     def inputs(self) -> list[BranchSpec]:
         return self.features.inputs
 
+    @property
+    def classes(self) -> int:
+        return self.config.classes
+
     def predict(self, batch: pa.RecordBatch) -> np.ndarray:
-        x = torch.from_numpy(self.features.transform(batch))
-        with torch.no_grad():
-            return torch.sigmoid(self.model(x)).numpy()
+        """Probability of class 1, ``(n,)``, for binary models; ``(n, classes)`` probabilities otherwise."""
+        return self.estimator.predict_proba(self.features.transform(batch))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ModelStore:
@@ -77,14 +92,23 @@ class ModelStore:
     def path(self, version: int) -> Path:
         return self.folder / f"v{version:06d}"
 
-    def publish(self, weights: dict, meta: dict, trainer_state: dict) -> int:
-        """Write a new version atomically and return its number."""
+    def publish(self, model_state: dict, meta: dict, trainer_state: dict, checkpoint: str = "torch") -> int:
+        """Write a new version atomically and return its number.
+
+        ``checkpoint`` is ``"torch"`` (``model_state`` holds tensors) or ``"json"``.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_staging()
         version = (self.latest() or 0) + 1
         staging = self.folder / f".staging-v{version:06d}-{os.getpid()}-{time.monotonic_ns()}"
         staging.mkdir()
-        meta = {**meta, "name": self.model, "version": version, "created": time.time()}
-        torch.save(weights, staging / "weights.pt")
+        meta = {**meta, "name": self.model, "version": version, "created": time.time(), "checkpoint": checkpoint}
+        if checkpoint == "torch":
+            import torch
+
+            torch.save(model_state, staging / "weights.pt")
+        else:
+            (staging / "model.json").write_text(json.dumps(model_state))
         (staging / "meta.json").write_text(json.dumps(meta, indent=1))
         (staging / "trainer.json").write_text(json.dumps(trainer_state))
         try:
@@ -95,23 +119,45 @@ class ModelStore:
         self._prune()
         return version
 
+    def _remove_abandoned_staging(self) -> None:
+        """Staging folders whose writer died (SIGKILL mid-publish) are never renamed: remove them."""
+        for name in os.listdir(self.folder):
+            match = _STAGING.match(name)
+            if match and not _process_alive(int(match.group(1))):
+                shutil.rmtree(self.folder / name, ignore_errors=True)
+
     def _prune(self) -> None:
         for version in self.versions()[: -self.keep]:
             shutil.rmtree(self.path(version), ignore_errors=True)
 
-    def read(self, version: int) -> tuple[dict, dict, dict]:
-        """(meta, weights, trainer_state) of a version, for resuming training."""
-        folder = self.path(version)
+    def read_meta(self, version: int) -> dict:
+        return self._read(version, "meta.json", json.loads)
+
+    def _read(self, version: int, name: str, parse):
+        path = self.path(version) / name
         try:
-            meta = json.loads((folder / "meta.json").read_text())
-            trainer_state = json.loads((folder / "trainer.json").read_text())
-            weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-        except FileNotFoundError as error:
-            raise StoreError(f"{folder}: version {version} of model {self.model!r} is missing {error.filename}") from None
+            return parse(path.read_bytes() if name.endswith(".pt") else path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{self.path(version)}: version {version} of model {self.model!r} is missing "
+                             f"{name} (was it pruned? versions on disk: {self.versions()[-5:]})") from None
         except (OSError, ValueError, RuntimeError) as error:
-            raise StoreError(f"{folder}: unreadable ({error})") from None
-        return meta, weights, trainer_state
+            raise StoreError(f"{path}: unreadable ({error})") from None
+
+    def read(self, version: int) -> tuple[dict, dict, dict]:
+        """(meta, model_state, trainer_state) of a version, for resuming training."""
+        meta = self.read_meta(version)
+        trainer_state = self._read(version, "trainer.json", json.loads)
+        if meta.get("checkpoint", "torch") == "torch":
+            import io
+
+            import torch
+
+            model_state = self._read(version, "weights.pt",
+                                     lambda data: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        else:
+            model_state = self._read(version, "model.json", json.loads)
+        return meta, model_state, trainer_state
 
     def load(self, version: int) -> LoadedModel:
-        meta, weights, _ = self.read(version)
-        return LoadedModel(self.model, version, meta, weights)
+        meta, model_state, _ = self.read(version)
+        return LoadedModel(self.model, version, meta, model_state)

@@ -3,10 +3,18 @@
 Offsets are this trainer's own state, checkpointed together with the model in
 the same store version; Kafka commits follow a checkpoint and only serve
 monitoring. A restart reads the newest version and seeks each partition to the
-offset recorded there, so the model reflects every chunk once: chunks learned
-after the last checkpoint are learned again into the checkpointed model, never
-into a model that already saw them. Chunks whose key was already learned (a
-producer re-sent them) are skipped and counted.
+offset recorded there (the next offset to read, Kafka's convention), so the
+model reflects every chunk once: chunks learned after the last checkpoint are
+learned again into the checkpointed model, never into a model that already saw
+them. Chunks whose key was already learned in this epoch (a producer re-sent
+them) are skipped and counted. Messages that cannot be used go to the
+dead-letter topic (:mod:`~hepstream.models.dead_letter`) and are counted.
+
+Where a partition without a checkpoint starts is ``training.start``: the
+earliest retained offset, the latest, the group's committed offset, or the
+first offset at a time. With ``training.epochs`` > 1 the trainer goes back to
+where it started once it has read every partition to its end, forgets the
+chunk keys of the finished epoch, and learns the data again.
 
 No Ray here: :mod:`hepstream.models.actor` wraps this class for a cluster, and
 a GPU box runs it directly.
@@ -23,12 +31,15 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from hepstream import wire
-from hepstream.config import Config
+from hepstream.config import Config, start_timestamp_ms
+from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
 from hepstream.models.features import FeatureError
 from hepstream.models.learner import Learner
 from hepstream.models.store import ModelStore
 
 log = logging.getLogger(__name__)
+
+COUNTERS = ("events_trained", "chunks", "duplicate_chunks", "bad_messages", "dead_letters")
 
 
 class StreamTrainer:
@@ -40,10 +51,16 @@ class StreamTrainer:
         self.store = ModelStore(config.store.path, config.model.name, config.store.keep)
         self.learner = Learner(config.features, config.model, config.training)
         self.offsets: dict[int, int] = {}
+        self.epoch_start: dict[int, int] = {}
+        self.epoch = 0
         self.seen_keys: set[str] = set()
-        self.counters = {"events_trained": 0, "chunks": 0, "duplicate_chunks": 0, "bad_messages": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.version: int | None = None
         self.last_error: str | None = None
+        self.dead_letters = None
+        if config.training.dead_letter:
+            self.dead_letters = DeadLetters(bootstrap, dead_letter_topic(config.dataset.name),
+                                            config.kafka.max_message_bytes)
         self._dirty = False
         self._resume()
 
@@ -51,11 +68,13 @@ class StreamTrainer:
         latest = self.store.latest()
         if latest is None:
             return
-        meta, weights, state = self.store.read(latest)
-        self.learner.load_state_dict(
-            {**weights, "features": meta["feature_state"], "events_seen": meta["events_seen"]}
-        )
+        meta, model_state, state = self.store.read(latest)
+        self.learner.estimator.load_state_dict(model_state)
+        self.learner.load_state_dict(state.get("learner", {"features": meta["feature_state"],
+                                                            "events_seen": meta["events_seen"]}))
         self.offsets = {int(p): int(o) for p, o in state["offsets"].items()}
+        self.epoch_start = {int(p): int(o) for p, o in state.get("epoch_start", {}).items()}
+        self.epoch = int(state.get("epoch", 0))
         self.seen_keys = set(state["seen_keys"])
         self.counters.update(state["counters"])
         self.version = latest
@@ -65,8 +84,9 @@ class StreamTrainer:
         return {
             **self.counters,
             "version": self.version,
+            "epoch": self.epoch,
             "offsets": dict(self.offsets),
-            "metrics": self.learner.metrics.summary(),
+            "metrics": self.learner.metrics_summary(),
             "last_error": self.last_error,
         }
 
@@ -79,15 +99,25 @@ class StreamTrainer:
             return chunk.batch.column(index).to_numpy(zero_copy_only=False)
         if chunk.label is None:
             raise FeatureError("label", "the chunk has no 'label' header and dataset.label_branch is not set")
-        return np.full(chunk.events, chunk.label, dtype=np.float32)
+        return np.full(chunk.events, chunk.label, dtype=np.int64)
+
+    def _refuse(self, record, error: Exception) -> None:
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        self.counters["bad_messages"] += 1
+        self.last_error = f"{where}: {error}"
+        log.warning("skipping message %s", self.last_error)
+        if self.dead_letters is not None:
+            self.dead_letters.send(record, f"{type(error).__name__}: {error}")
+            self.counters["dead_letters"] += 1
 
     def learn_messages(self, messages) -> None:
         """Learn a polled group of messages (``kafka`` ConsumerRecords) together.
 
-        A bad message is logged and counted, and never stops the stream; a
-        chunk already learned (same key) is skipped and counted.
+        A bad message is sent to the dead-letter topic, counted, and never
+        stops the stream; a chunk already learned (same key) is skipped and
+        counted.
         """
-        raws, labels, keys = [], [], []
+        prepared, keys = [], []
         for m in messages:
             try:
                 chunk = wire.decode(m.key, m.value, m.headers)
@@ -95,38 +125,49 @@ class StreamTrainer:
                 if key in self.seen_keys or key in keys:
                     self.counters["duplicate_chunks"] += 1
                 else:
-                    raws.append(self.learner.prepare(chunk.batch))
-                    labels.append(self._labels(chunk))
+                    prepared.append(self.learner.prepare(chunk.batch, self._labels(chunk)))
                     keys.append(key)
             except (wire.WireError, FeatureError) as error:
-                self.counters["bad_messages"] += 1
-                self.last_error = f"{m.topic}[{m.partition}]@{m.offset}: {error}"
-                log.warning("skipping message %s", self.last_error)
+                self._refuse(m, error)
             self.offsets[m.partition] = m.offset + 1
             self._dirty = True
-        if raws:
-            self.learner.learn_many(raws, labels)
+        if prepared:
+            self.learner.learn_many(prepared)
             self.seen_keys.update(keys)
-            self.counters["events_trained"] += sum(len(y) for y in labels)
+            self.counters["events_trained"] += sum(len(p.labels) for p in prepared)
             self.counters["chunks"] += len(keys)
 
-    def checkpoint(self, consumer: KafkaConsumer | None = None) -> int:
-        """Publish model, features, offsets and counters as one new version."""
+    def checkpoint_parts(self) -> tuple[dict, dict, dict, str]:
+        """(model_state, meta, trainer_state, checkpoint format) of the state now; see :meth:`checkpoint`."""
         learner = self.learner
+        offsets = {str(p): o for p, o in sorted(self.offsets.items())}
         meta = {
             "parent": self.version,
             "events_seen": learner.events_seen,
-            "metrics": learner.metrics.summary(),
+            "epoch": self.epoch,
+            "metrics": learner.metrics_summary(),
+            "version_metrics": learner.since_checkpoint.summary(),
             "features": self.config.features.model_dump(mode="json"),
             "feature_state": learner.features.state_dict(),
             "model": self.config.model.model_dump(mode="json"),
+            "training": self.config.training.model_dump(mode="json"),
             "topic": self.topic,
-            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "offsets": offsets,
             "counters": dict(self.counters),
         }
-        weights = {"model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict()}
-        state = {"offsets": meta["offsets"], "seen_keys": sorted(self.seen_keys), "counters": dict(self.counters)}
-        self.version = self.store.publish(weights, meta, state)
+        state = {"offsets": offsets, "epoch": self.epoch,
+                 "epoch_start": {str(p): o for p, o in self.epoch_start.items()},
+                 "seen_keys": sorted(self.seen_keys), "counters": dict(self.counters),
+                 "learner": learner.state_dict()}
+        return learner.estimator.state_dict(), meta, state, learner.estimator.checkpoint
+
+    def checkpoint(self, consumer: KafkaConsumer | None = None) -> int:
+        """Publish model, features, offsets and counters as one new version, then commit the offsets."""
+        if self.dead_letters is not None:
+            self.dead_letters.flush()  # never record a refused message as consumed before its copy is stored
+        self.version = self.store.publish(*self.checkpoint_parts())
+        self.learner.since_checkpoint = type(self.learner.metrics)(self.config.training.metrics_window,
+                                                                   self.config.model.classes)
         self._dirty = False
         if consumer is not None:
             self._commit(consumer)
@@ -139,7 +180,7 @@ class StreamTrainer:
         except Exception as error:  # monitoring only: the checkpoint is the truth
             log.warning("Kafka offset commit failed (checkpoint %s is still valid): %s", self.version, error)
 
-    def _consumer(self) -> KafkaConsumer:
+    def consumer(self) -> KafkaConsumer:
         limit = self.config.kafka.max_message_bytes
         return KafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -149,7 +190,22 @@ class StreamTrainer:
             fetch_max_bytes=max(52_428_800, 2 * limit),
         )
 
-    def _assign(self, consumer: KafkaConsumer, stop: threading.Event, wait_s: float) -> None:
+    def _start_offsets(self, consumer: KafkaConsumer, assigned: list[TopicPartition]) -> dict[int, int]:
+        """Where partitions without a checkpointed offset begin, by ``training.start``."""
+        start = self.config.training.start
+        earliest = consumer.beginning_offsets(assigned)
+        if start == "earliest":
+            return {tp.partition: earliest[tp] for tp in assigned}
+        if start == "latest":
+            return {tp.partition: o for tp, o in consumer.end_offsets(assigned).items()}
+        if start == "committed":
+            committed = {tp: consumer.committed(tp) for tp in assigned}
+            return {tp.partition: committed[tp] if committed[tp] is not None else earliest[tp] for tp in assigned}
+        found = consumer.offsets_for_times({tp: start_timestamp_ms(start) for tp in assigned})
+        ends = consumer.end_offsets(assigned)
+        return {tp.partition: found[tp].offset if found.get(tp) else ends[tp] for tp in assigned}
+
+    def assign(self, consumer: KafkaConsumer, stop: threading.Event, wait_s: float) -> list[TopicPartition]:
         deadline = time.monotonic() + wait_s
         partitions = self.partitions
         while partitions is None:
@@ -162,11 +218,30 @@ class StreamTrainer:
                 time.sleep(0.2)
         assigned = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(assigned)
+        fresh = [tp for tp in assigned if tp.partition not in self.offsets]
+        if fresh:
+            starts = self._start_offsets(consumer, fresh)
+            self.offsets.update(starts)
+            for partition, offset in starts.items():
+                self.epoch_start.setdefault(partition, offset)
         for tp in assigned:
-            if tp.partition in self.offsets:
-                consumer.seek(tp, self.offsets[tp.partition])
-            else:
-                consumer.seek_to_beginning(tp)
+            consumer.seek(tp, self.offsets[tp.partition])
+        return assigned
+
+    def _next_epoch_if_done(self, consumer: KafkaConsumer, assigned: list[TopicPartition]) -> None:
+        """After an idle poll: when every partition is read to its end, start the next epoch (if any left)."""
+        if self.epoch + 1 >= self.config.training.epochs:
+            return
+        ends = consumer.end_offsets(assigned)
+        if any(self.offsets.get(tp.partition, 0) < ends[tp] for tp in assigned):
+            return
+        self.epoch += 1
+        self.seen_keys.clear()
+        log.info("epoch %d of %d starts", self.epoch + 1, self.config.training.epochs)
+        for tp in assigned:
+            self.offsets[tp.partition] = self.epoch_start.get(tp.partition, 0)
+            consumer.seek(tp, self.offsets[tp.partition])
+        self._dirty = True
 
     def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
         """Consume until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news.
@@ -176,9 +251,9 @@ class StreamTrainer:
         producer does not learn from one file's chunks alone.
         """
         training = self.config.training
-        consumer = self._consumer()
+        consumer = self.consumer()
         try:
-            self._assign(consumer, stop, topic_wait_s)
+            assigned = self.assign(consumer, stop, topic_wait_s)
             last_checkpoint = time.monotonic()
             pending, first_pending = [], 0.0
             while not stop.is_set():
@@ -191,6 +266,8 @@ class StreamTrainer:
                 if pending and (len(pending) >= training.chunks_per_step or waited >= training.group_wait_s):
                     self.learn_messages(pending)
                     pending = []
+                elif not polled and not pending:
+                    self._next_epoch_if_done(consumer, assigned)
                 if self._dirty and time.monotonic() - last_checkpoint >= training.checkpoint_every_s:
                     self.checkpoint(consumer)
                     last_checkpoint = time.monotonic()
@@ -200,3 +277,5 @@ class StreamTrainer:
                 self.checkpoint(consumer)
         finally:
             consumer.close()
+            if self.dead_letters is not None:
+                self.dead_letters.close()

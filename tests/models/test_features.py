@@ -95,7 +95,7 @@ def test_normalisation_matches_numpy_over_several_batches_and_ignores_padding():
         a = rng.normal(-3, 2, n)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         batch = pa.record_batch({"a": a, "x": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(xs))})
-        pipeline.learn(pipeline.raw(batch))
+        pipeline.learn(pipeline.extract(batch))
         flat_seen.append(a)
         x_first_slot.append(xs[offsets[:-1][counts > 0]])
     flat_seen = np.concatenate(flat_seen)
@@ -113,7 +113,7 @@ def test_state_roundtrip_reproduces_transform():
     spec = FeaturesConfig(flat=["a"], jagged=[])
     first = FeaturePipeline(spec)
     batch = pa.record_batch({"a": [1.0, 2.0, 6.0]})
-    first.learn(first.raw(batch))
+    first.learn(first.extract(batch))
     second = FeaturePipeline(spec)
     second.load_state_dict(first.state_dict())
     assert second.transform(batch).tolist() == first.transform(batch).tolist()
@@ -145,3 +145,50 @@ def test_collection_branches_must_agree_on_counts():
     with pytest.raises(FeatureError, match="object counts differ") as caught:
         FeaturePipeline(spec).transform(batch)
     assert caught.value.branch == "q"
+
+
+def test_derived_branches_feed_flat_features_and_collections():
+    from hepstream.config import DerivedFeature
+
+    spec = FeaturesConfig(
+        flat=["HT", "n_central"],
+        jagged=[JaggedFeature(branches=["Jet_pt", "Jet_px"], length=2, sort_by="Jet_pt")],
+        derived=[DerivedFeature(name="HT", expr="sum(Jet_pt)"),
+                 DerivedFeature(name="n_central", expr="count(Jet_pt) - sum(abs(Jet_eta) > 2.5)"),
+                 DerivedFeature(name="Jet_px", expr="Jet_pt * cos(Jet_phi)")],
+        normalize=False,
+    )
+    assert spec.branches == ["Jet_pt", "Jet_eta", "Jet_phi"]  # what the producer reads
+    batch = pa.RecordBatch.from_pylist([
+        {"Jet_pt": [10.0, 30.0, 20.0], "Jet_eta": [0.0, 3.0, 1.0], "Jet_phi": [0.0, 0.0, np.pi]},
+        {"Jet_pt": [], "Jet_eta": [], "Jet_phi": []},
+    ])
+    pipeline = FeaturePipeline(spec)
+    got = pipeline.transform(batch)
+    np.testing.assert_allclose(got, [[60.0, 2.0, 30.0, 20.0, 30.0, -20.0, 1.0, 1.0], [0.0] * 8], atol=1e-5)
+    assert {b.name: b.jagged for b in pipeline.inputs} == {"Jet_pt": True, "Jet_eta": True, "Jet_phi": True}
+
+
+@pytest.mark.parametrize("expr, message", [("__import__(MET_pt)", "unknown function"), ("open('x')", "not allowed"), ("Jet_pt.real", "not allowed"),
+                                           ("sum(MET_pt)", "one jagged branch"), ("MET_pt + nope", "missing")])
+def test_bad_derived_expressions_name_the_derived_branch(expr, message):
+    from hepstream.config import DerivedFeature
+
+    spec = FeaturesConfig(flat=["x"], jagged=[], derived=[DerivedFeature(name="x", expr=expr)])
+    with pytest.raises(FeatureError, match=message) as caught:
+        FeaturePipeline(spec).transform(pa.record_batch({"MET_pt": [1.0], "Jet_pt": [[1.0]]}))
+    assert caught.value.branch in ("x", "nope")
+
+
+def test_deep_sets_ignores_padding_and_object_order():
+    import torch
+
+    from hepstream.config import ModelConfig, TrainingConfig
+    from hepstream.models.registry import build_estimator
+
+    spec = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt", "Muon_eta"], length=3)])
+    pipeline = FeaturePipeline(spec)
+    model = build_estimator(ModelConfig(kind="deepsets"), pipeline, TrainingConfig(device="cpu")).module
+    x = torch.tensor([[1.0, 5.0, 6.0, 9.0, 0.1, 0.2, 7.0, 1.0, 1.0, 0.0]])  # two muons; slot 3 is padding
+    swapped = torch.tensor([[1.0, 6.0, 5.0, 0.0, 0.2, 0.1, 0.0, 1.0, 1.0, 0.0]])  # order swapped, padding zeroed
+    torch.testing.assert_close(model(x), model(swapped))

@@ -108,3 +108,44 @@ def test_restart_resumes_from_checkpoint_and_skips_resent_chunks(broker, unique_
     store = ModelStore(tmp_path / "store", "m")
     assert store.latest() > version
     assert store.read(store.latest())[0]["parent"] == store.versions()[-2]
+
+
+def test_poison_messages_go_to_the_dead_letter_topic_with_a_reason(broker, unique_topic, tmp_path):
+    from hepstream.models.dead_letter import REASON_HEADER, SOURCE_HEADER
+    from tests.helpers import read_topic
+
+    config = pipeline_config(unique_topic, [], tmp_path / "store")
+    topic = config.dataset.topic
+    batch = pa.record_batch({"MET_pt": [1.0]})
+    key, value, headers = wire.encode(wire.Chunk(wire.ChunkId("u", "Events", 0, 1), "d", "s", batch, 1))
+    _send_raw(broker.bootstrap, topic, b"garbage-key", b"\x00garbage", [("format_version", b"1")])
+    _send_raw(broker.bootstrap, topic, key, value, headers)  # decodes, but lacks every feature branch
+    trainer = StreamTrainer(config, broker.bootstrap)
+    _train_until(trainer, lambda t: t.counters["bad_messages"] == 2 and t.version is not None)
+    assert trainer.counters["dead_letters"] == 2 and trainer.counters["events_trained"] == 0
+    dead = read_topic(broker.bootstrap, f"{config.dataset.name}.dead-letter")
+    assert [r.value for r in dead] == [b"\x00garbage", value]
+    reasons = [dict(r.headers)[REASON_HEADER].decode() for r in dead]
+    assert "content_type" in reasons[0] or "message key" in reasons[0]
+    assert "branch 'MET_pt'" in reasons[1] or "branch 'nMuon'" in reasons[1]
+    assert dict(dead[1].headers)[SOURCE_HEADER].decode() == f"{topic}[0]@1"
+
+
+def test_epochs_replay_the_retained_topic_and_metrics_are_scraped(broker, unique_topic, labelled_files, tmp_path):
+    import urllib.request
+
+    from hepstream.models.monitoring import serve_metrics
+
+    config = pipeline_config(unique_topic, labelled_files[:1], tmp_path / "store", training={"epochs": 2})
+    report = _produce(config, broker.bootstrap)
+    trainer = StreamTrainer(config, broker.bootstrap)
+    server, port = serve_metrics("m", trainer.status, 0)
+    try:
+        _train_until(trainer, lambda t: t.counters["events_trained"] >= 2 * report.events)
+        assert trainer.epoch == 1 and trainer.counters["events_trained"] == 2 * report.events
+        assert trainer.counters["duplicate_chunks"] == 0
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        server.shutdown()
+    assert f'hepstream_trainer_events_trained_total{{model="m"}} {2 * report.events}.0' in text
+    assert "hepstream_trainer_log_loss" in text and "hepstream_trainer_drift_detections" in text

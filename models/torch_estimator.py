@@ -1,0 +1,85 @@
+"""A torch module with its optimiser, loss and device: the estimator of every torch model family.
+
+Mixed precision is optional (``training.mixed_precision``): bfloat16 autocast
+on CPU, float16 autocast with a gradient scaler on CUDA (float16 gradients
+underflow without one). Parameters and optimiser state stay float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from hepstream.config import TrainingConfig
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but torch sees no CUDA device")
+    return torch.device(choice)
+
+
+class TorchEstimator:
+    checkpoint = "torch"
+
+    def __init__(self, module: nn.Module, classes: int, training: TrainingConfig):
+        self.device = pick_device(training.device)
+        self.module = module.to(self.device)
+        self.classes = classes
+        self.batch_size = training.batch_size
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=training.learning_rate)
+        self.mixed_precision = training.mixed_precision
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mixed_precision and self.device.type == "cuda")
+
+    def _autocast(self):
+        if not self.mixed_precision:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.classes == 2:
+            return nn.functional.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
+        return nn.functional.cross_entropy(logits, targets.long(), reduction="none")
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        self.module.eval()
+        with torch.no_grad(), self._autocast():
+            logits = self.module(torch.from_numpy(x).to(self.device)).float()
+        probabilities = torch.sigmoid(logits) if self.classes == 2 else torch.softmax(logits, dim=-1)
+        return probabilities.cpu().numpy()
+
+    def learn(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> None:
+        self.module.train()
+        inputs = torch.from_numpy(x).to(self.device, non_blocking=True)
+        targets = torch.from_numpy(np.asarray(y)).to(self.device, non_blocking=True)
+        event_weights = None if weights is None else torch.from_numpy(weights).to(self.device, non_blocking=True)
+        for start in range(0, len(x), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            with self._autocast():
+                losses = self._losses(self.module(inputs[part]), targets[part])
+            if event_weights is None:
+                loss = losses.mean()
+            else:
+                loss = (losses * event_weights[part]).sum() / event_weights[part].sum().clamp(min=1e-12)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

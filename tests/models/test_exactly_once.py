@@ -1,0 +1,124 @@
+"""Exactly-once under SIGKILL: a trainer process killed at random points, restarted each time, learns every event once.
+
+The stream is live: a thread publishes chunks while the trainer runs, so the
+kills land while it polls, learns, writes a checkpoint or commits offsets.
+At the end the counters in the newest checkpoint must equal what was
+produced, to the event: nothing lost, nothing learned twice.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+from kafka import KafkaProducer
+
+from hepstream import wire
+from hepstream.models.store import ModelStore
+from hepstream.streaming.datagen import generate_file
+from hepstream.streaming.producer import ensure_topic, read_plan
+from hepstream.streaming.reader import iterate_chunks
+from tests.helpers import pipeline_config
+
+pytestmark = pytest.mark.integration
+
+KILLS = 4
+
+
+def _messages(config):
+    """Every chunk of the dataset, files interleaved, encoded as Kafka messages."""
+    plan = read_plan(config)
+    streams = [list(iterate_chunks(f.url, plan, f.label)) for f in config.dataset.files]
+    chunks = [c for group in zip(*streams) for c in group]
+    return [wire.encode(c, "zstd") for c in chunks], sum(c.events for c in chunks)
+
+
+class LiveStream(threading.Thread):
+    """Publishes messages one by one at a steady pace, round-robin over the partitions."""
+
+    def __init__(self, bootstrap, topic, messages, partitions, per_s):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.messages = bootstrap, topic, messages
+        self.partitions, self.pause = partitions, 1.0 / per_s
+
+    def run(self):
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        try:
+            for i, (key, value, headers) in enumerate(self.messages):
+                producer.send(self.topic, key=key, value=value, headers=headers, partition=i % self.partitions)
+                producer.flush()
+                time.sleep(self.pause)
+        finally:
+            producer.close()
+
+
+def _start_trainer(config_path, bootstrap):
+    return subprocess.Popen(
+        [sys.executable, "-m", "hepstream", "train", "--config", str(config_path), "--bootstrap", bootstrap],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for_new_version(store, after, process, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        latest = store.latest()
+        if latest is not None and latest > (after or 0):
+            return latest
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError("trainer published no new version")
+
+
+def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker, unique_topic, tmp_path):
+    files = [(generate_file(tmp_path / "s.root", "signal", 3000, seed=5), 1),
+             (generate_file(tmp_path / "b.root", "background", 3000, seed=6), 0)]
+    config = pipeline_config(unique_topic, files, tmp_path / "store",
+                             producer={"max_chunk_events": 100},
+                             training={"checkpoint_every_s": 0.05, "chunks_per_step": 2, "group_wait_s": 0.0})
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    messages, produced = _messages(config)
+    resent = messages[:5]  # a producer restarted after a crash re-sends chunks it had already sent
+    ensure_topic(broker.bootstrap, config.dataset.topic, config.kafka.partitions, config.kafka.max_message_bytes)
+    stream = LiveStream(broker.bootstrap, config.dataset.topic, messages + resent, config.kafka.partitions, per_s=12)
+    store = ModelStore(config.store.path, config.model.name)
+    rng = random.Random(7)
+
+    stream.start()
+    for _ in range(KILLS):
+        process = _start_trainer(config_path, broker.bootstrap)
+        _wait_for_new_version(store, store.latest(), process)
+        time.sleep(rng.uniform(0.0, 0.4))  # somewhere in polling, learning, checkpointing or committing
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    stream.join()
+
+    process = _start_trainer(config_path, broker.bootstrap)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            latest = store.latest()
+            counters = store.read(latest)[0]["counters"] if latest else {}
+            if counters.get("events_trained", 0) >= produced and counters.get("duplicate_chunks", 0) >= len(resent):
+                break
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    final = json.loads(out)
+    meta = store.read(store.latest())[0]
+    assert final["events_trained"] == meta["counters"]["events_trained"] == produced == 6000
+    assert meta["events_seen"] == produced
+    assert final["chunks"] == len(messages)
+    assert final["duplicate_chunks"] == len(resent)
+    assert final["bad_messages"] == 0
+    assert sum(meta["offsets"].values()) == len(messages) + len(resent)
