@@ -1,13 +1,21 @@
 """A small Python client for the ``/v1`` API, so scripts need not hand-craft HTTP.
 
->>> client = Client("http://127.0.0.1:8000")  # doctest: +SKIP
+>>> client = Client("http://127.0.0.1:8000", token="...")  # doctest: +SKIP
 >>> client.predict("demo", [{"MET_pt": 41.2, "Muon_pt": [51.0, 33.2], ...}])  # doctest: +SKIP
 {'model': 'demo', 'version': 7, 'scores': [0.93]}
+>>> scores, version = client.predict_arrow("demo", uproot_file["Events"].arrays(library="pd"))  # doctest: +SKIP
+
+Large batches go as Arrow IPC (:meth:`Client.predict_arrow`): no JSON is
+built for them on either side.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
 import requests
+
+from hepstream.serve.arrow_io import ARROW_STREAM, read_scores, write_stream
 
 
 class ClientError(RuntimeError):
@@ -39,9 +47,24 @@ class Client:
             raise ClientError(response.status_code, f"{method} {path}: {message}")
         return response
 
-    def predict(self, model: str, events: list[dict]) -> dict:
-        """Scores for events given as branch-space rows: ``{"model", "version", "scores"}``."""
-        return self._call("POST", f"/v1/models/{model}/predict", json={"events": events}).json()
+    def predict(self, model: str, events: list[dict], version: int | None = None) -> dict:
+        """Scores for events given as branch-space rows: ``{"model", "version", "scores"}``.
+
+        ``version`` pins the answer to that version instead of the newest.
+        """
+        return self._call("POST", f"/v1/models/{model}/predict", json={"events": events},
+                          params=_version(version)).json()
+
+    def predict_arrow(self, model: str, table: pa.Table | pa.RecordBatch,
+                      version: int | None = None) -> tuple[np.ndarray, int]:
+        """Scores (float32, in row order) and the version that computed them, for a table of branches."""
+        response = self._call("POST", f"/v1/models/{model}/predict", data=write_stream(table),
+                              headers={"Content-Type": ARROW_STREAM}, params=_version(version))
+        scores, _model, answered_by = read_scores(response.content)
+        return scores, answered_by
+
+    def models(self) -> list[dict]:
+        return self._call("GET", "/v1/models").json()["models"]
 
     def model(self, model: str) -> dict:
         return self._call("GET", f"/v1/models/{model}").json()
@@ -52,3 +75,7 @@ class Client:
         except ClientError:
             return False
         return True
+
+
+def _version(version: int | None) -> dict:
+    return {} if version is None else {"version": version}

@@ -1,14 +1,21 @@
-"""The app on Ray Serve: each replica builds its own store reader, watcher and app.
+"""The app on Ray Serve: each replica builds its own store reader, watcher and app, and batches model calls.
 
 Ray Serve's own ways to change a model (``reconfigure``, a new ``serve.run``)
 stall a replica while it reloads. Instead each replica runs the app's
 :class:`~hepstream.serve.watcher.ModelWatcher`, which loads new versions beside
-the old one; Serve only starts replicas and routes HTTP to them.
+the old one; Serve only starts replicas, scales them and routes HTTP to them.
+
+Batching: concurrent requests to one replica are gathered by ``@serve.batch``
+(``serve.max_batch_size``, ``serve.batch_wait_timeout_s``) and scored with one
+model call per version; each request is parsed and checked on its own first,
+so a bad request never fails its neighbours.
 
 The replica receives a zero-argument ``open_store`` callable rather than a
 store: the store is opened inside the replica's process, so only a path and
 a name travel, and the store's imports (torch: seconds) are paid by the
-replica that uses them, not by the driver that starts Serve.
+replica that uses them, not by the driver that starts Serve. Bearer tokens
+are read by each replica too, from its own file or environment, so they never
+travel through Ray's control plane.
 """
 
 from __future__ import annotations
@@ -18,10 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from ray import serve
 from ray.serve import Application
 
-from hepstream.serve.app import create_app
+from hepstream.config import ServeConfig
+from hepstream.serve.app import create_app, serve_settings
+from hepstream.serve.scoring import Result
 
 APP_NAME = "hepstream"
 
@@ -36,51 +47,72 @@ def open_model_store(root: str, model_name: str) -> Any:
 @serve.deployment
 @serve.ingress()  # no app yet: Serve calls __serve_build_asgi_app__ in the replica, after __init__
 class HepstreamServer:
-    """One replica serving one model; the arguments are those of :func:`~hepstream.serve.app.create_app`."""
+    """One replica serving one model; ``settings`` is the ``serve`` section as a dict."""
 
-    def __init__(self, open_store: Callable[[], Any], model_name: str, poll_interval_s: float = 0.5,
-                 max_events_per_request: int = 100_000):
+    def __init__(self, open_store: Callable[[], Any], model_name: str, settings: dict):
         self.open_store = open_store
         self.model_name = model_name
-        self.poll_interval_s = poll_interval_s
-        self.max_events_per_request = max_events_per_request
+        self.settings = ServeConfig.model_validate(settings)
+        self.score_batch.set_max_batch_size(self.settings.max_batch_size)
+        self.score_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.serving = None
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.open_store(), model_name=self.model_name, poll_interval_s=self.poll_interval_s,
-                          max_events_per_request=self.max_events_per_request)
+        replica = serve.get_replica_context().replica_id.unique_id
+        app = create_app(self.open_store(), model_name=self.model_name, settings=self.settings, replica=replica)
+        self.serving = app.state.serving
+        self.serving.scorer = self.score_batch
+        return app
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # both replaced by the settings in __init__
+    async def score_batch(self, models: list[Any], batches: list[pa.RecordBatch]) -> list[Result | np.ndarray]:
+        return self.serving.score_many(list(zip(models, batches)))
 
 
-def start_serve(store_root: str | Path, model_name: str, host: str = "127.0.0.1", port: int = 8000,
-                poll_interval_s: float = 0.5, max_events_per_request: int = 100_000) -> str:
+def start_serve(store_root: str | Path, model_name: str, settings: ServeConfig | None = None, **overrides: Any) -> str:
     """Serve the newest version of ``model_name`` from the store folder; returns the base URL.
 
-    Needs Ray started (``ray.init``) by the caller. Returns once the replica
-    runs; it answers 503 on ``/v1/health/ready`` until a first version loads.
+    ``settings`` is the configuration's ``serve`` section; keyword
+    ``overrides`` replace single keys (``port=8001``). Needs Ray started
+    (``ray.init``) by the caller. Returns once the replicas run; they answer
+    503 on ``/v1/health/ready`` until a first version loads.
     """
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(bind_server(store_root, model_name, poll_interval_s, max_events_per_request),
-              name=APP_NAME, route_prefix="/")
-    return f"http://{host}:{port}"
+    settings = serve_settings(settings, **overrides)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(bind_server(store_opener(store_root, model_name), model_name, settings), name=APP_NAME,
+              route_prefix="/")
+    return f"http://{settings.host}:{settings.port}"
 
 
-def bind_server(store_root: str | Path, model_name: str, poll_interval_s: float = 0.5,
-                max_events_per_request: int = 100_000) -> Application:
-    open_store = functools.partial(open_model_store, str(store_root), model_name)
-    return HepstreamServer.bind(open_store, model_name, poll_interval_s, max_events_per_request)
+def store_opener(store_root: str | Path, model_name: str) -> Callable[[], Any]:
+    """What a replica calls to open the model store folder."""
+    return functools.partial(open_model_store, str(store_root), model_name)
+
+
+def bind_server(open_store: Callable[[], Any], model_name: str, settings: ServeConfig) -> Application:
+    """The deployment with the replicas, autoscaling and concurrency the settings ask for."""
+    options: dict[str, Any] = {"max_ongoing_requests": settings.max_ongoing_requests}
+    if settings.autoscaling is not None:
+        options["autoscaling_config"] = settings.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = settings.replicas
+    values = settings.model_dump(mode="json")
+    if settings.tokens_file is not None:  # replicas may run in another folder
+        values["tokens_file"] = str(Path(settings.tokens_file).resolve())
+    return HepstreamServer.options(**options).bind(open_store, model_name, values)
 
 
 def build_app(args: dict) -> Application:
     """Application builder for ``serve deploy`` and KubeRay's RayService (``import_path``).
 
     ``args`` come from the Serve config file: ``store`` (model store folder,
-    mounted in every Ray pod), ``model``, and optionally ``poll_interval_s``
-    and ``max_events_per_request``.
+    mounted in every Ray pod), ``model``, and any key of the ``serve``
+    section (``max_batch_size``, ``tokens_file``, ``autoscaling``, ...).
     """
-    unknown = set(args) - {"store", "model", "poll_interval_s", "max_events_per_request"}
-    if unknown or "store" not in args or "model" not in args:
-        raise ValueError(f"hepstream build_app args need 'store' and 'model'; unknown: {sorted(unknown)}")
-    return bind_server(args["store"], args["model"], float(args.get("poll_interval_s", 0.5)),
-                       int(args.get("max_events_per_request", 100_000)))
+    settings = {key: value for key, value in args.items() if key not in ("store", "model")}
+    if "store" not in args or "model" not in args:
+        raise ValueError(f"hepstream build_app args need 'store' and 'model'; got {sorted(args)}")
+    return bind_server(store_opener(args["store"], args["model"]), args["model"], ServeConfig.model_validate(settings))
 
 
 def stop_serve() -> None:

@@ -7,14 +7,22 @@ while requests keep using the current one, then replaces a single reference.
 A request reads that reference once and uses the model it got to the end, so
 it never waits on a load and never mixes two versions; the old model is freed
 when the last request holding it finishes.
+
+An operator rolls back by pinning a version in a small file beside the store
+(:func:`write_pin`): every replica reads it on its next poll, so all of them
+serve the pinned version within one poll interval plus its load, and go back
+to following the newest version when the pin is removed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -28,6 +36,43 @@ class Store(Protocol):
     def load(self, version: int) -> Any: ...
 
 
+def pin_path(store: Any) -> Path | None:
+    """Where the operator's pin of a store's model lives: ``<root>/<model>.pinned.json``, beside its folder.
+
+    Beside, not inside: the model's folder belongs to the store, which owns
+    every name in it. ``None`` for a store without a folder (no rollback).
+    """
+    folder = getattr(store, "folder", None)
+    return None if folder is None else Path(folder).with_name(f"{Path(folder).name}.pinned.json")
+
+
+def read_pin(path: Path | None) -> int | None:
+    """The pinned version, or ``None`` when nothing is pinned; raises ``ValueError`` on a malformed pin."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        version = json.loads(text)["version"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: expected {{\"version\": N}}, got {text[:80]!r}") from None
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{path}: version must be a positive integer, got {version!r}")
+    return version
+
+
+def write_pin(path: Path, version: int | None) -> None:
+    """Pin every replica to ``version`` (an atomic rename, so no replica reads half a pin); ``None`` unpins."""
+    if version is None:
+        path.unlink(missing_ok=True)
+        return
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(json.dumps({"version": version, "pinned_at": time.time()}))
+    partial.rename(path)
+
+
 @dataclass(frozen=True)
 class _Failure:
     version: int | None  # None: the store itself could not be read
@@ -36,7 +81,7 @@ class _Failure:
 
 
 class ModelWatcher:
-    """Keeps ``current`` at the newest version of one model that loads.
+    """Keeps ``current`` at the newest version of one model that loads, or at the operator's pin.
 
     A version that fails to load (half written, corrupt) is logged and retried
     with a growing delay, up to ``max_retry_interval_s``; the current model keeps
@@ -45,10 +90,13 @@ class ModelWatcher:
     only, for health and metrics endpoints to read.
     """
 
-    def __init__(self, store: Store, poll_interval_s: float = 0.5, max_retry_interval_s: float = 30.0):
+    def __init__(self, store: Store, poll_interval_s: float = 0.5, max_retry_interval_s: float = 30.0,
+                 pin_file: Path | None = None):
         if poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be positive, got {poll_interval_s}")
         self.store = store
+        self.pin_file = pin_file
+        self.pinned: int | None = None  # the operator's pin as last read
         self.poll_interval_s = poll_interval_s
         self.max_retry_interval_s = max_retry_interval_s
         self.swaps = 0
@@ -89,26 +137,28 @@ class ModelWatcher:
         if self._backing_off(None):
             return False
         try:
-            latest = self.store.latest()
+            self.pinned = read_pin(self.pin_file)
+            wanted = self.pinned if self.pinned is not None else self.store.latest()
         except Exception as error:
             self._failed(None, error)
             return False
         if self._failure is not None and self._failure.version is None:
             self._recovered()
         current = self._current
-        if latest is None or (current is not None and latest <= current.version) or self._backing_off(latest):
-            return False
+        if wanted is None or self._backing_off(wanted) or (current is not None and (
+                wanted == current.version or (self.pinned is None and wanted < current.version))):
+            return False  # never back to an older version unless an operator pinned it
         started = time.perf_counter()
         try:
-            model = self.store.load(latest)
+            model = self.store.load(wanted)
         except Exception as error:
-            self._failed(latest, error)
+            self._failed(wanted, error)
             return False
         self._current = model  # the swap: one reference, atomic for every reader
         self.swaps += 1
         self._recovered()
-        logger.info("model %s: serving version %d (was %s), loaded in %.0f ms", model.name,
-                    latest, current.version if current is not None else "none", (time.perf_counter() - started) * 1e3)
+        logger.info("model %s: serving version %d%s (was %s), loaded in %.0f ms", model.name, wanted,
+                    " (pinned)" if self.pinned is not None else "", current.version if current is not None else "none", (time.perf_counter() - started) * 1e3)
         return True
 
     def _run(self) -> None:

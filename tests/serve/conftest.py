@@ -10,7 +10,6 @@ a missing branch, NaN scores), so each test states what it needs.
 from __future__ import annotations
 
 import json
-import math
 import socket
 import sys
 import threading
@@ -34,7 +33,8 @@ INPUTS = [BranchSpec("MET_pt", False), BranchSpec("Muon_pt", True)]
 def score_of(met_pt: float, muon_pt: list[float], weight: float) -> np.float32:
     """What the stand-in model answers for one event: a function of MET_pt and the leading muon."""
     leading = muon_pt[0] if muon_pt else 0.0
-    return np.float32(1.0 / (1.0 + math.exp(-(0.01 * met_pt + 0.02 * leading - weight))))
+    with np.errstate(over="ignore"):  # as a real network does, overflow saturates instead of raising
+        return np.float32(1.0 / (1.0 + np.exp(-(0.01 * met_pt + 0.02 * leading - weight))))
 
 
 class StandinModel:
@@ -148,6 +148,32 @@ class ServedApp:
 @pytest.fixture
 def store(tmp_path) -> StandinStore:
     return StandinStore(tmp_path / "store", "demo")
+
+
+@pytest.fixture
+def serve_standin(store):
+    """``serve_standin(**serve_keys)``: the app over the stand-in store on uvicorn, stopped after the test."""
+    from hepstream.serve.app import create_app
+
+    started = []
+
+    def start(**overrides) -> ServedApp:
+        app = create_app(store, model_name="demo", **{"poll_interval_s": 0.02, **overrides})
+        served = ServedApp(app).__enter__()
+        served.app = app
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.__exit__(None, None, None)
+
+
+def serve_version(served: ServedApp, store: StandinStore, version: int, **spec) -> None:
+    """Publish a stand-in version and wait until the served app answers with it."""
+    store.publish(version, **spec)
+    wait_for(lambda: getattr(served.app.state.watcher.current, "version", None) == version,
+             what=f"version {version} to be served")
 
 
 @pytest.fixture

@@ -79,9 +79,10 @@ def test_model_description(server, store, standins):
     answer = requests.get(f"{server.url}/v1/models/demo", timeout=5)
     assert answer.headers["X-Model-Version"] == "2"
     assert answer.json() == {
-        "name": "demo", "version": 2, "versions": [1, 2], "events_trained": 2000,
+        "name": "demo", "version": 2, "versions": [1, 2], "pinned": None, "events_trained": 2000,
         "metrics": {"loss": 0.25, "auc": 0.8},
-        "inputs": [{"name": "MET_pt", "jagged": False}, {"name": "Muon_pt", "jagged": True}],
+        "inputs": [{"name": "MET_pt", "jagged": False, "type": "float64"},
+                   {"name": "Muon_pt", "jagged": True, "type": "list<float64>"}],
     }
 
 

@@ -1,25 +1,30 @@
-"""The app on Ray Serve: a replica builds its own store and watcher, and swaps versions without stalling."""
+"""The app on Ray Serve: replicas batch, swap without stalling, converge, roll back, and check tokens."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import socket
+import threading
 import time
 
-from ray import cloudpickle  # the copy Ray serialises with
+import cloudpickle
 import pytest
 import ray
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
+from hepstream.config import ServeConfig
 from hepstream.models.store import ModelStore
-from hepstream.serve.deployment import HepstreamServer, start_serve, stop_serve
+from hepstream.serve.deployment import bind_server, start_serve, stop_serve
 from hepstream.serve.events import parse_events
 
 pytestmark = pytest.mark.integration
 
 EVENTS = [{"MET_pt": 41.2, "Muon_pt": [51.0, 33.2]}, {"MET_pt": 7, "Muon_pt": []}]
+TOKEN = {"Authorization": "Bearer replica-token"}
 
 
 @pytest.fixture(scope="module")
@@ -39,46 +44,86 @@ def port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_replica_serves_the_newest_version_and_swaps_without_stalling(ray_cluster, port, store, standins):
+def replica_versions(url) -> dict[str, int]:
+    """The version each replica reports in /metrics; requests are spread, so a few reach every replica."""
+    versions = {}
+    for _ in range(30):
+        text = requests.get(f"{url}/metrics", headers=TOKEN, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "hepstream_model_version":
+                    versions[sample.labels["replica"]] = int(sample.value)
+    return versions
+
+
+def test_replicas_batch_swap_converge_and_roll_back(ray_cluster, port, store, standins, tmp_path):
     # The replica unpickles the stand-in store, which lives in a conftest no Ray worker can import.
     cloudpickle.register_pickle_by_value(standins)
+    (tmp_path / "tokens").write_text("replica-token\n")
+    settings = ServeConfig(port=port, poll_interval_s=0.2, replicas=2, max_batch_size=16,
+                           batch_wait_timeout_s=0.005, tokens_file=tmp_path / "tokens")
     url = f"http://127.0.0.1:{port}"
+    predict = f"{url}/v1/models/demo/predict"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         open_store = functools.partial(standins.StandinStore, str(store.folder.parent), "demo")
-        serve.run(HepstreamServer.bind(open_store, "demo", 0.05, 10), name="hepstream", route_prefix="/")
-        assert requests.get(f"{url}/v1/health/live", timeout=10).status_code == 200
+        serve.run(bind_server(open_store, "demo", settings), name="hepstream", route_prefix="/")
         assert requests.get(f"{url}/v1/health/ready", timeout=10).status_code == 503
+        assert requests.post(predict, json={"events": EVENTS}, timeout=10).status_code == 401
 
         store.publish(1, weight=0.5)
-        standins.wait_for(lambda: requests.get(f"{url}/v1/health/ready", timeout=10).status_code == 200,
-                          timeout_s=30, what="the replica to load version 1")
-        answer = requests.post(f"{url}/v1/models/demo/predict", json={"events": EVENTS}, timeout=10)
-        assert answer.headers["X-Model-Version"] == "1"
-        old_scores = [standins.score_of(e["MET_pt"], e["Muon_pt"], 0.5) for e in EVENTS]
-        assert answer.json() == {"model": "demo", "version": 1, "scores": old_scores}
+        standins.wait_for(lambda: requests.get(f"{url}/v1/health/ready", timeout=10).ok, timeout_s=30,
+                          what="a replica to load version 1")
+        standins.wait_for(lambda: set(replica_versions(url).values()) == {1} and len(replica_versions(url)) == 2,
+                          timeout_s=30, what="both replicas on version 1")
 
-        store.publish(2, weight=-1.0, load_delay_s=1.5)
-        standins.wait_for((store.folder / "2.loading").exists, what="the replica to begin loading version 2")
-        slowest, versions = 0.0, set()
-        for _ in range(10):
-            started = time.perf_counter()
-            answer = requests.post(f"{url}/v1/models/demo/predict", json={"events": EVENTS}, timeout=10)
-            slowest = max(slowest, time.perf_counter() - started)
-            versions.add(answer.json()["version"])
-        assert versions == {1} and slowest < 0.5, (versions, slowest)
+        # Concurrent requests are scored in batches.
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: requests.post(predict, json={"events": EVENTS}, headers=TOKEN,
+                                                            timeout=10), range(64)))
+        assert {a.status_code for a in answers} == {200}
+        text = requests.get(f"{url}/metrics", headers=TOKEN, timeout=10).text
+        assert "hepstream_batch_requests_bucket" in text
 
-        new_scores = [standins.score_of(e["MET_pt"], e["Muon_pt"], -1.0) for e in EVENTS]
-        standins.wait_for(lambda: requests.post(f"{url}/v1/models/demo/predict", json={"events": EVENTS},
-                                                timeout=10).json()["scores"] == new_scores,
-                          timeout_s=10, what="version 2 to be swapped in")
-        described = requests.get(f"{url}/v1/models/demo", timeout=10).json()
-        assert (described["version"], described["versions"]) == (2, [1, 2])
+        # Hot swap under load: no failure, versions only grow per client, every replica converges.
+        failures, seen, stop = [], {}, threading.Event()
 
-        bad = requests.post(f"{url}/v1/models/demo/predict", json={"events": [{"MET_pt": True, "Muon_pt": []}]},
-                            timeout=10)
-        assert (bad.status_code, bad.json()["field"]) == (422, "events[0].MET_pt")
-        assert requests.post(f"{url}/v1/models/nope/predict", json={"events": EVENTS}, timeout=10).status_code == 404
+        def client(number):
+            session, versions = requests.Session(), []
+            while not stop.is_set():
+                answer = session.post(predict, json={"events": EVENTS}, headers=TOKEN, timeout=10)
+                if answer.status_code != 200:
+                    failures.append(answer.text)
+                else:
+                    versions.append(answer.json()["version"])
+            seen[number] = versions
+
+        clients = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+        for thread in clients:
+            thread.start()
+        try:
+            store.publish(2, weight=-1.0, load_delay_s=0.3)
+            published = time.monotonic()
+            standins.wait_for(lambda: set(replica_versions(url).values()) == {2}, timeout_s=10,
+                              what="every replica on version 2")
+            assert time.monotonic() - published < 2.0 + 1.0  # the delay, plus the time to ask every replica
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(10)
+        assert failures == []
+        for versions in seen.values():
+            assert versions == sorted(versions) and versions[-1] == 2
+
+        # Operator rollback reaches every replica.
+        pin = requests.put(f"{url}/v1/models/demo/pin", json={"version": 1}, headers=TOKEN, timeout=10)
+        assert pin.status_code == 202
+        standins.wait_for(lambda: set(replica_versions(url).values()) == {1}, timeout_s=10,
+                          what="every replica rolled back to version 1")
+        requests.delete(f"{url}/v1/models/demo/pin", headers=TOKEN, timeout=10)
+        standins.wait_for(lambda: set(replica_versions(url).values()) == {2}, timeout_s=10,
+                          what="every replica back on version 2")
     finally:
         serve.shutdown()
         cloudpickle.unregister_pickle_by_value(standins)

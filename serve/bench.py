@@ -1,0 +1,227 @@
+"""``hepstream bench serve``: the Ray Serve app against bare uvicorn running the same app, in one run.
+
+One untrained MLP over the demo's branches is published to a scratch store and
+served twice: (a) by the full Ray Serve deployment (proxy, batching, replica)
+and (b) by the same ``create_app`` on bare uvicorn in a child process. The
+same client loads both: keep-alive ``http.client`` connections, one per
+thread, sending single-event JSON requests at concurrency 1 and 8; then
+batched Arrow requests of 10k events; then single-event requests at
+concurrency 8 while new versions are published every half second (hot swap).
+
+Top-level imports are the standard library only: the CLI imports this module
+to build its parser.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each load phase (default: 4)")
+    parser.add_argument("--arrow-events", type=int, default=10_000, help="events per Arrow request")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _event(i: int) -> dict:
+    return {"MET_pt": 20.0 + i % 50, "nMuon": 2, "nJet": 1, "Muon_pt": [51.0, 33.2], "Muon_eta": [0.3, -1.1],
+            "Muon_phi": [2.0, -1.2], "Muon_mass": [0.106, 0.106], "Jet_pt": [45.0], "Jet_eta": [2.1],
+            "Jet_btag": [0.05]}
+
+
+def _publish(root: Path, name: str, seed: int) -> int:
+    import torch
+
+    from hepstream.config import FeaturesConfig, ModelConfig
+    from hepstream.models.features import FeaturePipeline
+    from hepstream.models.registry import build_model
+    from hepstream.models.store import ModelStore
+
+    features, model = FeaturesConfig(), ModelConfig(name=name)
+    pipeline = FeaturePipeline(features)
+    torch.manual_seed(seed)
+    network = build_model(model, pipeline.n_features)
+    meta = {"parent": None, "events_seen": 0, "metrics": {}, "features": features.model_dump(mode="json"),
+            "feature_state": pipeline.state_dict(), "model": model.model_dump(mode="json")}
+    return ModelStore(root, name).publish({"model": network.state_dict()}, meta, {"offsets": {}})
+
+
+def _load(port: int, path: str, bodies: list[bytes], headers: dict, concurrency: int, seconds: float):
+    """Latencies (s), failures and versions seen, with ``concurrency`` keep-alive connections for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    failures = [0] * concurrency
+    versions: list[list[int]] = [[] for _ in range(concurrency)]
+    deadline = time.perf_counter() + seconds
+
+    def worker(k: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        i = k
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                connection.request("POST", path, body=bodies[i % len(bodies)], headers=headers)
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == 200
+                if ok:
+                    versions[k].append(int(response.getheader("X-Model-Version")))
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                ok = False
+            latencies[k].append(time.perf_counter() - started)
+            failures[k] += not ok
+            i += concurrency
+        connection.close()
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return [x for xs in latencies for x in xs], sum(failures), versions, elapsed
+
+
+def _summary(latencies: list[float], elapsed: float) -> dict:
+    ordered = sorted(latencies)
+    return {"p50_ms": 1e3 * statistics.median(ordered), "p99_ms": 1e3 * ordered[int(0.99 * (len(ordered) - 1))],
+            "max_ms": 1e3 * ordered[-1], "req_per_s": len(ordered) / elapsed}
+
+
+def _json_phases(port: int, seconds: float) -> dict:
+    path = "/v1/models/bench/predict"
+    bodies = [json.dumps({"events": [_event(i)]}).encode() for i in range(64)]
+    headers = {"Content-Type": "application/json"}
+    _load(port, path, bodies, headers, 8, 1.0)  # warm up
+    c1 = _summary(*_pick(_load(port, path, bodies, headers, 1, seconds)))
+    c8 = _summary(*_pick(_load(port, path, bodies, headers, 8, seconds)))
+    return {"c1": c1, "c8": c8}
+
+
+def _pick(result):
+    latencies, _failures, _versions, elapsed = result
+    return latencies, elapsed
+
+
+def _bare_server(root: str, port: int) -> None:
+    import logging
+
+    import uvicorn
+
+    from hepstream.models.store import ModelStore
+    from hepstream.serve.app import create_app
+
+    logging.getLogger("uvicorn.access").disabled = True
+    app = create_app(ModelStore(root, "bench"), model_name="bench", poll_interval_s=0.5)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _wait_ready(port: int, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/v1/health/ready")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} not ready after {timeout_s} s")
+
+
+def run(args) -> dict:
+    import pyarrow as pa
+    import ray
+
+    from hepstream.serve.arrow_io import ARROW_STREAM, write_stream
+    from hepstream.serve.deployment import start_serve, stop_serve
+
+    seconds = args.seconds
+    with tempfile.TemporaryDirectory(prefix="hepstream-bench-serve-") as folder:
+        root = Path(folder)
+        _publish(root, "bench", seed=1)
+
+        # (b) bare uvicorn, in its own process so that the client does not share its interpreter.
+        bare_port = _free_port()
+        bare = multiprocessing.get_context("spawn").Process(target=_bare_server, args=(str(root), bare_port))
+        bare.start()
+        try:
+            _wait_ready(bare_port)
+            bare_json = _json_phases(bare_port, seconds)
+        finally:
+            bare.terminate()
+            bare.join(10)
+
+        # (a) the full Ray Serve app.
+        port = _free_port()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            start_serve(root, "bench", port=port, poll_interval_s=0.25)
+            _wait_ready(port)
+            ray_json = _json_phases(port, seconds)
+
+            rows = [_event(i) for i in range(args.arrow_events)]
+            table = pa.Table.from_pylist(rows)
+            body = write_stream(table)
+            arrow_latencies, arrow_failures, _, arrow_elapsed = _load(
+                port, "/v1/models/bench/predict", [body], {"Content-Type": ARROW_STREAM}, 2, seconds)
+
+            # Hot swap: single-event requests at concurrency 8 while versions are published.
+            stop = threading.Event()
+
+            def publisher() -> None:
+                seed = 2
+                while not stop.wait(0.5):
+                    _publish(root, "bench", seed)
+                    seed += 1
+
+            thread = threading.Thread(target=publisher)
+            thread.start()
+            try:
+                bodies = [json.dumps({"events": [_event(i)]}).encode() for i in range(64)]
+                swap_latencies, swap_failures, swap_versions, swap_elapsed = _load(
+                    port, "/v1/models/bench/predict", bodies, {"Content-Type": "application/json"}, 8, seconds)
+            finally:
+                stop.set()
+                thread.join()
+        finally:
+            stop_serve()
+            ray.shutdown()
+
+    swap = _summary(swap_latencies, swap_elapsed)
+    return {
+        "json_c1_p50_ms": round(ray_json["c1"]["p50_ms"], 2),
+        "json_c1_p99_ms": round(ray_json["c1"]["p99_ms"], 2),
+        "json_c8_p50_ms": round(ray_json["c8"]["p50_ms"], 2),
+        "json_c8_p99_ms": round(ray_json["c8"]["p99_ms"], 2),
+        "json_c8_req_per_s": round(ray_json["c8"]["req_per_s"], 1),
+        "bare_c1_p50_ms": round(bare_json["c1"]["p50_ms"], 2),
+        "bare_c8_p99_ms": round(bare_json["c8"]["p99_ms"], 2),
+        "bare_c8_req_per_s": round(bare_json["c8"]["req_per_s"], 1),
+        "ratio_vs_bare": round(ray_json["c8"]["req_per_s"] / bare_json["c8"]["req_per_s"], 3),
+        "arrow_events_per_request": args.arrow_events,
+        "arrow_events_per_s": round(len(arrow_latencies) * args.arrow_events / arrow_elapsed),
+        "arrow_failed_requests": arrow_failures,
+        "swap_versions_seen": len({v for vs in swap_versions for v in vs}),
+        "swap_p99_ms": round(swap["p99_ms"], 2),
+        "swap_max_latency_ms": round(swap["max_ms"], 2),
+        "swap_failed_requests": swap_failures,
+        "swap_versions_monotone": all(vs == sorted(vs) for vs in swap_versions),
+        "swap_max_over_p99_without_swaps": round(swap["max_ms"] / ray_json["c8"]["p99_ms"], 2),
+    }

@@ -1,0 +1,168 @@
+"""What every protocol asks of the server: which model version answers, and its scores for checked events.
+
+The native API, the Open Inference Protocol and the TFaaS endpoint each parse
+their own request into the same Arrow batch of model inputs; from there on
+they share this module, so a version is chosen, scored and checked the same
+way whichever protocol a client speaks.
+
+Scoring goes through a *scorer*, an ``async (model, batch) -> scores``
+function. On bare uvicorn it scores each request at once; on Ray Serve it is a
+``@serve.batch`` method that gathers concurrent requests and calls
+:meth:`Serving.score_many` once for all of them (see ``deployment.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from starlette.concurrency import run_in_threadpool
+
+from hepstream.models.features import FeatureError
+from hepstream.serve.errors import RequestError
+from hepstream.serve.watcher import ModelWatcher
+
+logger = logging.getLogger(__name__)
+
+Scorer = Callable[[Any, pa.RecordBatch], Awaitable[np.ndarray]]
+Result = np.ndarray | Exception  # the scores of one request, or why it has none
+
+
+class Serving:
+    """One served model: its watcher (current version), pinned versions on demand, and scoring.
+
+    ``observe_batch(requests, events)`` is told the size of every model call,
+    for the batch-size metrics.
+    """
+
+    def __init__(self, store: Any, model_name: str, watcher: ModelWatcher, pinned_cache_size: int = 4,
+                 observe_batch: Callable[[int, int], None] = lambda requests, events: None):
+        self.store = store
+        self.model_name = model_name
+        self.watcher = watcher
+        self.observe_batch = observe_batch
+        self.scorer: Scorer = self._score_alone
+        self._pinned: OrderedDict[int, Any] = OrderedDict()
+        self._pinned_size = pinned_cache_size
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
+
+    def check_name(self, name: str, field: str = "name") -> None:
+        if name != self.model_name:
+            raise RequestError(404, f"no model named {name!r}; this server serves {self.model_name!r}", field)
+
+    def current(self, name: str, field: str = "name") -> Any:
+        """The version answering requests that pin none: read once, so one request sees one version."""
+        self.check_name(name, field)
+        model = self.watcher.current
+        if model is None:
+            raise RequestError(503, f"model {name!r} has no version loaded yet: "
+                                    f"{self.watcher.last_error or 'none published so far'}", headers={"Retry-After": "1"})
+        return model
+
+    async def model(self, name: str, version: int | None = None, field: str = "name") -> Any:
+        """The version a request asked for: the current one, or the one it pins (loaded on first use)."""
+        if version is None:
+            return self.current(name, field)
+        self.check_name(name, field)
+        current = self.watcher.current
+        if current is not None and current.version == version:
+            return current
+        with self._lock:
+            if version in self._pinned:
+                self._pinned.move_to_end(version)
+                return self._pinned[version]
+        return await run_in_threadpool(self._load_pinned, version)
+
+    def _load_pinned(self, version: int) -> Any:
+        versions = self.store.versions()
+        if version not in versions:
+            raise RequestError(404, f"model {self.model_name!r} has no version {version}; "
+                                    f"versions on disk: {versions}", "version")
+        with self._lock:
+            loading = self._loading.setdefault(version, threading.Lock())
+        with loading:  # concurrent requests for one version load it once
+            with self._lock:
+                if version in self._pinned:
+                    return self._pinned[version]
+            try:
+                model = self.store.load(version)
+            except Exception as error:
+                logger.warning("pinned version %d of %s failed to load", version, self.model_name, exc_info=True)
+                raise RequestError(503, f"version {version} of model {self.model_name!r} cannot be loaded: "
+                                        f"{type(error).__name__}: {error}", "version") from None
+            with self._lock:
+                self._pinned[version] = model
+                while len(self._pinned) > self._pinned_size:
+                    self._pinned.popitem(last=False)
+            return model
+
+    async def score(self, model: Any, batch: pa.RecordBatch) -> np.ndarray:
+        """Scores of a checked batch, one per event; a 422 naming the field when the model refuses an event."""
+        if batch.num_rows == 0:
+            return np.empty(0, dtype=np.float32)  # no events, no question for the model
+        result = await self.scorer(model, batch)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _score_alone(self, model: Any, batch: pa.RecordBatch) -> Result:
+        return self.score_many([(model, batch)])[0]
+
+    def score_many(self, jobs: Sequence[tuple[Any, pa.RecordBatch]]) -> list[Result]:
+        """Score several requests with one model call per version; one result per job, in order.
+
+        A combined batch that the features refuse is scored again request by
+        request, so that only the request at fault gets the 422.
+        """
+        results: list[Result] = [np.empty(0)] * len(jobs)
+        by_model: dict[int, list[int]] = {}
+        for index, (model, _batch) in enumerate(jobs):
+            by_model.setdefault(id(model), []).append(index)
+        for indices in by_model.values():
+            model = jobs[indices[0]][0]
+            batches = [jobs[i][1] for i in indices]
+            if len(batches) == 1:
+                results[indices[0]] = self._score_one(model, batches[0])
+                continue
+            try:
+                scores = self._predict(model, pa.concat_batches(batches), len(batches))
+            except FeatureError:
+                for i in indices:
+                    results[i] = self._score_one(model, jobs[i][1])
+                continue
+            for i, part in zip(indices, np.split(scores, np.cumsum([b.num_rows for b in batches])[:-1])):
+                results[i] = _checked(model, part)
+        return results
+
+    def _score_one(self, model: Any, batch: pa.RecordBatch) -> Result:
+        try:
+            return _checked(model, self._predict(model, batch, 1))
+        except FeatureError as error:  # values the features refuse, e.g. 1e300 GeV overflowing float32
+            return RequestError(422, str(error), error.branch)
+
+    def _predict(self, model: Any, batch: pa.RecordBatch, requests: int) -> np.ndarray:
+        self.observe_batch(requests, batch.num_rows)
+        scores = np.asarray(model.predict(batch))
+        if scores.shape != (batch.num_rows,):
+            raise RuntimeError(f"model {model.name!r} version {model.version} returned scores of shape "
+                               f"{scores.shape} for {batch.num_rows} events")
+        return scores
+
+
+def _checked(model: Any, scores: np.ndarray) -> Result:
+    """The scores, or a 422 naming the first event the model gives no finite score for."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if not bad.size:
+        return scores
+    # Finite inputs the model cannot score (say 1e300 GeV overflowing a normalisation): the event is at
+    # fault, but the operator should hear of it, since a model that scores no event gives this too.
+    logger.warning("model %s version %s: non-finite score for %d of %d events", model.name, model.version,
+                   bad.size, scores.size)
+    return RequestError(422, f"model {model.name!r} version {model.version} gives no finite score for this event; "
+                             "are its values physical?", f"events[{bad[0]}]")

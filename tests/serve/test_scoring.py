@@ -1,0 +1,44 @@
+"""Batched scoring: one model call per version, and a bad request never fails its neighbours."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from hepstream.serve.errors import RequestError
+from hepstream.serve.events import parse_events
+from hepstream.serve.scoring import Serving
+from hepstream.serve.watcher import ModelWatcher
+
+
+def batch(standins, *met):
+    return parse_events(json.dumps({"events": [{"MET_pt": m, "Muon_pt": []} for m in met]}), standins.INPUTS, 100)
+
+
+def test_one_call_per_version_and_scores_in_order(store, standins):
+    calls = []
+    serving = Serving(store, "demo", ModelWatcher(store), observe_batch=lambda r, e: calls.append((r, e)))
+    old, new = standins.StandinModel("demo", 1, {}), standins.StandinModel("demo", 2, {"weight": 1.0})
+    jobs = [(old, batch(standins, 1.0, 2.0)), (new, batch(standins, 3.0)), (old, batch(standins, 4.0))]
+    results = serving.score_many(jobs)
+    assert sorted(calls) == [(1, 1), (2, 3)]
+    for (model, events), scores in zip(jobs, results):
+        assert scores.tolist() == model.predict(events).tolist()
+
+
+def test_a_batch_the_features_refuse_is_retried_request_by_request(store, standins):
+    serving = Serving(store, "demo", ModelWatcher(store))
+
+    class Picky(standins.StandinModel):
+        def predict(self, events: pa.RecordBatch) -> np.ndarray:
+            if 666.0 in events.column("MET_pt").to_pylist():
+                from hepstream.models.features import FeatureError
+                raise FeatureError("MET_pt", "the number of the beast")
+            return super().predict(events)
+
+    model = Picky("demo", 1, {})
+    good, bad = serving.score_many([(model, batch(standins, 1.0)), (model, batch(standins, 666.0))])
+    assert good.tolist() == model.predict(batch(standins, 1.0)).tolist()
+    assert isinstance(bad, RequestError) and (bad.status, bad.field) == (422, "MET_pt")
