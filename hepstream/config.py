@@ -8,13 +8,13 @@ physicist fixes the whole file in one go instead of one key per run.
 
 from __future__ import annotations
 
-import ast
 import datetime
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from hepstream.expressions import Expression
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -78,6 +78,20 @@ class DatasetConfig(_Section):
     define: dict[str, str] = Field(default_factory=dict, description="New branches: name -> expression")
     cuts: list[str] = Field(default_factory=list, description="Event selections, all of which must hold")
 
+    @field_validator("define")
+    @classmethod
+    def _definitions_parse(cls, define: dict[str, str]) -> dict[str, str]:
+        for text in define.values():
+            Expression.parse(text)
+        return define
+
+    @field_validator("cuts")
+    @classmethod
+    def _cuts_parse(cls, cuts: list[str]) -> list[str]:
+        for text in cuts:
+            Expression.parse(text)
+        return cuts
+
     @property
     def topic(self) -> str:
         return f"{self.name}.events"
@@ -125,24 +139,11 @@ class DerivedFeature(_Section):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     expr: str = Field(description="Arithmetic over branches; see docs/training.md for the functions")
 
-    @model_validator(mode="after")
-    def _parses(self) -> DerivedFeature:
-        expression_names(self.expr)
-        return self
-
-
-def expression_names(expr: str) -> set[str]:
-    """Branch names an expression reads (names that are not called as functions).
-
-    >>> sorted(expression_names("sum(Jet_pt * (Jet_btag > 0.5)) + MET_pt"))
-    ['Jet_btag', 'Jet_pt', 'MET_pt']
-    """
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except SyntaxError as error:
-        raise ValueError(f"expression {expr!r} is not valid: {error.msg}") from None
-    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
+    @field_validator("expr")
+    @classmethod
+    def _parses(cls, expr: str) -> str:
+        Expression.parse(expr)
+        return expr
 
 
 class FeaturesConfig(_Section):
@@ -167,7 +168,7 @@ class FeaturesConfig(_Section):
         while wanted:
             name = wanted.pop(0)
             if name in derived:
-                wanted[:0] = sorted(expression_names(derived.pop(name)))
+                wanted[:0] = sorted(Expression.parse(derived.pop(name)).names)
             elif name not in names and name not in {d.name for d in self.derived}:
                 names.append(name)
         return names

@@ -4,8 +4,8 @@ Jagged collections (``Muon_pt``, ``Muon_eta``, ...) are cut or padded to a
 fixed number of objects by offset arithmetic on the Arrow list buffers, with a
 0/1 mask column per slot, so there is no per-event Python loop: each
 collection computes once where its kept objects land in the output matrix,
-then every branch of it is one gather and one scatter. Derived branches
-(:mod:`hepstream.models.expressions`) are computed column-wise first.
+then every branch of it is one gather and one scatter. Derived branches are
+expressions of :mod:`hepstream.expressions`, computed column-wise first.
 Normalisation is a running mean and variance (Chan et al.'s parallel update),
 kept in the pipeline's state so a checkpoint carries it and the server applies
 exactly the statistics the model was trained with.
@@ -23,11 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import awkward as ak
 import numpy as np
 import pyarrow as pa
 
 from hepstream.config import FeaturesConfig
-from hepstream.models.expressions import ExpressionError, Jagged, evaluate
+from hepstream.expressions import Expression, ExpressionError
 
 
 class FeatureError(ValueError):
@@ -36,6 +37,32 @@ class FeatureError(ValueError):
     def __init__(self, branch: str, message: str):
         super().__init__(f"branch {branch!r}: {message}")
         self.branch = branch
+
+
+@dataclass(frozen=True)
+class Jagged:
+    """One value per object of each event: ``values[offsets[i]:offsets[i+1]]`` belong to event ``i``."""
+
+    offsets: np.ndarray
+    values: np.ndarray
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def to_awkward(self) -> ak.Array:
+        content = ak.contents.NumpyArray(self.values)
+        return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(self.offsets.astype(np.int64)), content))
+
+    @classmethod
+    def from_awkward(cls, array: ak.Array) -> Jagged:
+        counts = ak.to_numpy(ak.num(array, axis=1))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        return cls(offsets, ak.to_numpy(ak.flatten(array, axis=1)))
+
+
+def _as_awkward(value: np.ndarray | Jagged) -> ak.Array:
+    return value.to_awkward() if isinstance(value, Jagged) else ak.Array(value)
 
 
 @dataclass(frozen=True)
@@ -80,7 +107,7 @@ def _numeric(arrow_type: pa.DataType) -> bool:
 class _Columns:
     """The batch's branches as numpy (flat) or :class:`Jagged`, derived branches computed on first use."""
 
-    def __init__(self, batch: pa.RecordBatch, derived: dict[str, str]):
+    def __init__(self, batch: pa.RecordBatch, derived: dict[str, Expression]):
         self.batch = batch
         self.derived = derived
         self.cache: dict[str, np.ndarray | Jagged] = {}
@@ -91,13 +118,18 @@ class _Columns:
         return self.cache[name]
 
     def _derive(self, name: str):
+        expression = self.derived[name]
+        inputs = {branch: _as_awkward(self[branch]) for branch in expression.names}
         try:
-            value = evaluate(self.derived[name], self.__getitem__)
+            # A feature must be finite: min/max/mean over no object count as 0, not NaN.
+            value = expression.evaluate(inputs, empty=0.0)
         except ExpressionError as error:
             raise FeatureError(name, str(error)) from None
-        if np.ndim(getattr(value, "values", value)) == 0:
-            value = np.full(self.batch.num_rows, value, dtype=np.float32)
-        return value
+        if not isinstance(value, ak.Array):
+            return np.full(self.batch.num_rows, value, dtype=np.float32)
+        if value.ndim > 1:
+            return Jagged.from_awkward(value)
+        return ak.to_numpy(value)
 
     def _read(self, name: str):
         index = self.batch.schema.get_field_index(name)
@@ -227,7 +259,7 @@ class FeaturePipeline:
 
     def __init__(self, spec: FeaturesConfig):
         self.spec = spec
-        self._derived = {d.name: d.expr for d in spec.derived}
+        self._derived = {d.name: Expression.parse(d.expr) for d in spec.derived}
         self.layout = FeatureLayout(len(spec.flat), tuple((len(c.branches), c.length) for c in spec.jagged))
         self.n_features = self.layout.n_features
         self.moments = RunningMoments(self.layout.value_columns)

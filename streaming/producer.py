@@ -31,7 +31,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from hepstream import wire
 from hepstream.config import Config, ConfigError, FileSpec, KafkaConfig
-from hepstream.streaming.expressions import ExpressionError
+from hepstream.expressions import ExpressionError
 from hepstream.streaming.manifest import Manifest
 from hepstream.streaming.progress import Progress
 from hepstream.streaming.reader import (FileReader, ReadChunk, ReadPlan, SourceError, check_selection,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import uproot
 
-from hepstream.streaming.expressions import ExpressionError
+from hepstream.expressions import ExpressionError
 from hepstream.streaming.retry import Backoff, is_transient
 from hepstream.streaming.selection import FilePlan, MissingBranches, Selection, UnknownBranch
 from hepstream.streaming.sources import Source

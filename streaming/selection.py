@@ -25,7 +25,7 @@ import awkward as ak
 import numpy as np
 
 from hepstream.config import ConfigError, DatasetConfig
-from hepstream.streaming.expressions import Expression
+from hepstream.expressions import Expression
 
 
 class MissingBranches(LookupError):

@@ -86,3 +86,15 @@ def test_every_key_is_documented():
     missing = [key for key in _keys(Config) if f"`{key}`" not in reference]
     assert not missing, f"docs/configuration.md lacks {missing}"
     assert len(list(_keys(Config))) > 25
+
+
+def test_expressions_are_checked_when_the_file_is_read():
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({
+            "dataset": {"define": {"x": "exec('1')"}, "cuts": ["MET_pt >"]},
+            "features": {"derived": [{"name": "HT", "expr": "sum(Jet_pt).real"}]},
+        })
+    message = str(caught.value)
+    assert "dataset.define: Value error, expression \"exec('1')\": unknown function 'exec'" in message
+    assert "dataset.cuts: Value error, expression \"MET_pt >\": not valid syntax" in message
+    assert "features.derived.0.expr:" in message and "Attribute" in message

@@ -2,7 +2,7 @@ import awkward as ak
 import numpy as np
 import pytest
 
-from hepstream.streaming.expressions import Expression, ExpressionError
+from hepstream.expressions import Expression, ExpressionError
 
 EVENTS = {
     "Muon_pt": ak.Array([[30.0, 10.0], [], [50.0, 40.0, 5.0]]),

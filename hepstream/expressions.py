@@ -1,6 +1,8 @@
-"""Expressions over branches, for derived branches and cuts: parsed safely, evaluated on whole chunks.
+"""Expressions over branches: derived branches and cuts in the producer, derived features in training.
 
-A configuration file may come from anyone, so expressions are never handed to
+One language for the whole project, so a physicist writes ``sum(Jet_pt)`` the
+same way in a cut and in a feature. A configuration file may come from
+anyone, so expressions are never handed to
 ``eval``: they are parsed with :mod:`ast`, every node is checked against a
 whitelist (arithmetic, comparisons, boolean logic, branch names, numbers and
 the functions below), and the tree is then walked with awkward arrays, one
@@ -30,10 +32,9 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
-from hepstream.config import ConfigError
 
 
-class ExpressionError(ConfigError):
+class ExpressionError(ValueError):
     """An expression that cannot be parsed or evaluated; the message quotes it."""
 
     def __init__(self, text: str, problem: str):
@@ -42,14 +43,13 @@ class ExpressionError(ConfigError):
         self.problem = problem
 
 
-def _per_event(reduce, empty=None):
-    """A reduction over each event's objects; ``empty`` fills events that have none (min, max, mean)."""
+def _per_event(reduce):
+    """A reduction over each event's objects."""
 
     def apply(values):
         if values.ndim < 2:
             raise TypeError("needs a jagged (per-object) argument such as Muon_pt")
-        result = reduce(values, axis=-1)
-        return result if empty is None else ak.fill_none(result, empty)
+        return reduce(values, axis=-1)
 
     return apply
 
@@ -67,11 +67,12 @@ REDUCTIONS = {
     "count": _per_event(ak.count_nonzero),
     "any": _per_event(ak.any),
     "all": _per_event(ak.all),
-    "min": _per_event(ak.min, np.nan),
-    "max": _per_event(ak.max, np.nan),
-    "mean": _per_event(ak.mean, np.nan),
+    "min": _per_event(ak.min),
+    "max": _per_event(ak.max),
+    "mean": _per_event(ak.mean),
     "num": lambda values: ak.num(values, axis=-1),
 }
+_UNDEFINED_WHEN_EMPTY = {"min", "max", "mean"}  # these give the caller's ``empty`` for an event with no object
 FUNCTIONS = {**ELEMENTWISE, **REDUCTIONS, "where": ak.where}
 CONSTANTS = {"pi": np.pi, "e": np.e, "inf": np.inf, "nan": np.nan, "True": True, "False": False}
 
@@ -133,13 +134,18 @@ class Expression:
         elif not isinstance(node, (ast.Load, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)):
             raise ExpressionError(text, f"{type(node).__name__} ({ast.unparse(node)!r}) is not allowed")
 
-    def evaluate(self, values: Mapping[str, ak.Array]):
-        """The expression's value per event (or per object), computed on whole arrays."""
+    def evaluate(self, values: Mapping[str, ak.Array], empty: float = np.nan):
+        """The expression's value per event (or per object), computed on whole arrays.
+
+        ``min``, ``max`` and ``mean`` of an event with no object give
+        ``empty``: NaN by default (a new branch says "undefined"), 0 for model
+        features, which must be finite.
+        """
         missing = sorted(self.names - set(values))
         if missing:
             raise ExpressionError(self.text, f"unknown branch(es) {missing}")
         try:
-            return self._eval(self.body, values)
+            return self._eval(self.body, values, empty)
         except ExpressionError:
             raise
         except Exception as error:  # numpy and awkward raise many kinds on mismatched types or shapes
@@ -158,32 +164,33 @@ class Expression:
             raise ExpressionError(self.text, f"gives {mask.dtype} values, not true/false; compare it with something")
         return mask
 
-    def _eval(self, node: ast.expr, values):
+    def _eval(self, node: ast.expr, values, empty):
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Name):
             return CONSTANTS[node.id] if node.id in CONSTANTS else values[node.id]
         if isinstance(node, ast.BinOp):
-            return _BINARY[type(node.op)](self._eval(node.left, values), self._eval(node.right, values))
+            return _BINARY[type(node.op)](self._eval(node.left, values, empty), self._eval(node.right, values, empty))
         if isinstance(node, ast.UnaryOp):
-            return _UNARY[type(node.op)](self._eval(node.operand, values))
+            return _UNARY[type(node.op)](self._eval(node.operand, values, empty))
         if isinstance(node, ast.BoolOp):
             combine = _BOOLEAN[type(node.op)]
-            result = self._eval(node.values[0], values)
+            result = self._eval(node.values[0], values, empty)
             for operand in node.values[1:]:
-                result = combine(result, self._eval(operand, values))
+                result = combine(result, self._eval(operand, values, empty))
             return result
         if isinstance(node, ast.Compare):  # a < b <= c is (a < b) & (b <= c), elementwise
-            left, result = self._eval(node.left, values), True
+            left, result = self._eval(node.left, values, empty), True
             for op, right_node in zip(node.ops, node.comparators):
-                right = self._eval(right_node, values)
+                right = self._eval(right_node, values, empty)
                 result = result & _COMPARE[type(op)](left, right)
                 left = right
             return result
         if isinstance(node, ast.Call):
             name = node.func.id
             try:
-                return FUNCTIONS[name](*(self._eval(arg, values) for arg in node.args))
+                result = FUNCTIONS[name](*(self._eval(arg, values, empty) for arg in node.args))
             except TypeError as error:
                 raise ExpressionError(self.text, f"{name}(): {error}") from None
+            return ak.fill_none(result, empty) if name in _UNDEFINED_WHEN_EMPTY else result
         raise ExpressionError(self.text, f"cannot evaluate {ast.unparse(node)!r}")  # unreachable after _check
