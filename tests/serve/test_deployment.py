@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-import cloudpickle
+from ray import cloudpickle  # the copy Ray serialises with; not a dependency of its own
 import pytest
 import ray
 import requests
