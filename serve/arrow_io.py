@@ -119,12 +119,20 @@ def write_stream(batch: pa.RecordBatch | pa.Table) -> bytes:
 
 def scores_body(scores: np.ndarray, model: str, version: int) -> bytes:
     """The answer to an Arrow request: a ``score`` column, with the model and version in the metadata."""
-    schema = pa.schema([pa.field("score", pa.float32())], metadata={"model": model, "version": str(version)})
-    return write_stream(pa.record_batch([pa.array(scores, pa.float32())], schema=schema))
+    column = pa.array(scores.ravel(), pa.float32())
+    if scores.ndim == 2:  # one probability per class: a fixed-size list per event
+        column = pa.FixedSizeListArray.from_arrays(column, scores.shape[1])
+    schema = pa.schema([pa.field("score", column.type)], metadata={"model": model, "version": str(version)})
+    return write_stream(pa.record_batch([column], schema=schema))
 
 
 def read_scores(body: bytes) -> tuple[np.ndarray, str, int]:
     """Scores, model and version from an Arrow answer; what a Python client does with one."""
     table = pa.ipc.open_stream(body).read_all()
     metadata = table.schema.metadata
-    return table.column("score").to_numpy(), metadata[b"model"].decode(), int(metadata[b"version"])
+    column = table.column("score").combine_chunks()
+    if pa.types.is_fixed_size_list(column.type):
+        scores = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    else:
+        scores = column.to_numpy()
+    return scores, metadata[b"model"].decode(), int(metadata[b"version"])

@@ -149,7 +149,8 @@ class Serving:
     def _predict(self, model: Any, batch: pa.RecordBatch, requests: int) -> np.ndarray:
         self.observe_batch(requests, batch.num_rows)
         scores = np.asarray(model.predict(batch))
-        if scores.shape != (batch.num_rows,):
+        # (events,) for a binary model; (events, classes) of probabilities for a multi-class one.
+        if scores.ndim not in (1, 2) or len(scores) != batch.num_rows:
             raise RuntimeError(f"model {model.name!r} version {model.version} returned scores of shape "
                                f"{scores.shape} for {batch.num_rows} events")
         return scores
@@ -157,7 +158,7 @@ class Serving:
 
 def _checked(model: Any, scores: np.ndarray) -> Result:
     """The scores, or a 422 naming the first event the model gives no finite score for."""
-    bad = np.flatnonzero(~np.isfinite(scores))
+    bad = np.flatnonzero(~np.isfinite(scores.reshape(len(scores), -1)).all(axis=1))
     if not bad.size:
         return scores
     # Finite inputs the model cannot score (say 1e300 GeV overflowing a normalisation): the event is at

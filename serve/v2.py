@@ -107,11 +107,11 @@ def v2_router(serving: Serving, max_events: int) -> APIRouter:
             error.headers.update(version_headers(model))
             raise
         answer = {"model_name": name, "model_version": str(model.version),
-                  "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [len(scores)]}]}
+                  "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": list(scores.shape)}]}
         if isinstance(document.get("id"), str):
             answer["id"] = document["id"]
         if not binary_out:
-            answer["outputs"][0]["data"] = scores.tolist()
+            answer["outputs"][0]["data"] = scores.ravel().tolist()  # row-major, as the protocol flattens tensors
             return JSONResponse(answer, headers=version_headers(model))
         answer["outputs"][0]["parameters"] = {"binary_data_size": scores.nbytes}
         header = json.dumps(answer).encode()

@@ -99,10 +99,10 @@ class StandinStore:
         partial.rename(self.folder / f"{version}.json")
 
 
-def publish_real_version(root: str | Path, model: str, seed: int) -> int:
+def publish_real_version(root: str | Path, model: str, seed: int, classes: int = 2) -> int:
     """Publish an untrained MLP over MET_pt and two muons as hepstream.models' trainer would; its version."""
     features = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt"], length=2)])
-    network_config = ModelConfig(name=model, hidden=[8])
+    network_config = ModelConfig(name=model, hidden=[8], classes=classes)
     pipeline = FeaturePipeline(features)
     torch.manual_seed(seed)
     network = build_model(network_config, pipeline.n_features)

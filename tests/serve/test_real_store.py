@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import requests
 
 from hepstream.models.store import ModelStore
@@ -50,3 +51,35 @@ def test_real_versions_are_served_swapped_and_checked(tmp_path, standins):
         standins.wait_for(lambda: app.state.watcher.failures, what="the broken version 3 to be tried")
         assert "version 3" in app.state.watcher.last_error
         assert requests.post(predict, json={"events": EVENTS}, timeout=10).json()["version"] == 2
+
+
+def test_multi_class_models_answer_one_probability_per_class(tmp_path, standins):
+    from hepstream.serve.arrow_io import ARROW_STREAM, read_scores, write_stream
+    from hepstream.serve.events import parse_events
+
+    root = tmp_path / "store"
+    standins.publish_real_version(root, "tri", seed=3, classes=3)
+    model = ModelStore(root, "tri").load(1)
+    expected = model.predict(parse_events(json.dumps({"events": EVENTS}), model.inputs, 10))
+    assert expected.shape == (3, 3)
+    app = create_app(ModelStore(root, "tri"), model_name="tri", poll_interval_s=0.02)
+    with standins.ServedApp(app) as server:
+        standins.wait_for(lambda: requests.get(f"{server.url}/v1/health/ready", timeout=5).ok, what="version 1")
+        answer = requests.post(f"{server.url}/v1/models/tri/predict", json={"events": EVENTS}, timeout=10).json()
+        np.testing.assert_allclose(answer["scores"], expected, rtol=1e-6)
+        np.testing.assert_allclose(np.sum(answer["scores"], axis=1), 1.0, rtol=1e-5)
+
+        body = write_stream(parse_events(json.dumps({"events": EVENTS}), model.inputs, 10))
+        arrow = requests.post(f"{server.url}/v1/models/tri/predict", data=body, timeout=10,
+                              headers={"Content-Type": ARROW_STREAM})
+        scores, name, version = read_scores(arrow.content)
+        assert (name, version, scores.shape) == ("tri", 1, (3, 3))
+        np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+        v2 = requests.post(f"{server.url}/v2/models/tri/infer", timeout=10, json={"inputs": [
+            {"name": "MET_pt", "shape": [3], "datatype": "FP64", "data": [41.2, 7.0, 120.5]},
+            {"name": "Muon_pt", "shape": [3, 3], "datatype": "FP64",
+             "data": [51.0, 33.2, 8.1, None, None, None, 12.0, None, None]},
+        ]}).json()
+        assert v2["outputs"][0]["shape"] == [3, 3], v2
+        np.testing.assert_allclose(np.reshape(v2["outputs"][0]["data"], (3, 3)), expected, rtol=1e-6)
