@@ -42,15 +42,15 @@ def _messages(config):
 class LiveStream(threading.Thread):
     """Publishes messages one by one at a steady pace, round-robin over the partitions."""
 
-    def __init__(self, bootstrap, topic, messages, partitions, per_s):
+    def __init__(self, bootstrap, topic, messages, partitions, per_s, first=0):
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.messages = bootstrap, topic, messages
-        self.partitions, self.pause = partitions, 1.0 / per_s
+        self.partitions, self.pause, self.first = partitions, 1.0 / per_s, first
 
     def run(self):
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         try:
-            for i, (key, value, headers) in enumerate(self.messages):
+            for i, (key, value, headers) in enumerate(self.messages, start=self.first):
                 producer.send(self.topic, key=key, value=value, headers=headers, partition=i % self.partitions)
                 producer.flush()
                 time.sleep(self.pause)
@@ -87,18 +87,27 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
     messages, produced = _messages(config)
     resent = messages[:5]  # a producer restarted after a crash re-sends chunks it had already sent
     ensure_topic(broker.bootstrap, config.dataset.topic, config.kafka.partitions, config.kafka.max_message_bytes)
-    stream = LiveStream(broker.bootstrap, config.dataset.topic, messages + resent, config.kafka.partitions, per_s=12)
     store = ModelStore(config.store.path, config.model.name)
     rng = random.Random(7)
-
-    stream.start()
-    for _ in range(KILLS):
+    # One slice of the stream per trainer life, published while that trainer runs: on a slow machine a
+    # trainer start (a few seconds of imports) must not outlast the whole stream, or there is nothing
+    # left to kill it in the middle of.
+    everything = messages + resent
+    slices = [everything[i::KILLS + 1] for i in range(KILLS + 1)]
+    offset = 0
+    for part in slices[:-1]:
         process = _start_trainer(config_path, broker.bootstrap)
+        stream = LiveStream(broker.bootstrap, config.dataset.topic, part, config.kafka.partitions, per_s=12, first=offset)
+        stream.start()
         _wait_for_new_version(store, store.latest(), process)
         time.sleep(rng.uniform(0.0, 0.4))  # somewhere in polling, learning, checkpointing or committing
         process.send_signal(signal.SIGKILL)
         process.wait()
-    stream.join()
+        stream.join()
+        offset += len(part)
+    last = LiveStream(broker.bootstrap, config.dataset.topic, slices[-1], config.kafka.partitions, per_s=12, first=offset)
+    last.start()
+    last.join()
 
     process = _start_trainer(config_path, broker.bootstrap)
     try:
