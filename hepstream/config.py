@@ -100,7 +100,8 @@ class DatasetConfig(_Section):
 class KafkaConfig(_Section):
     bootstrap: str | None = Field(default=None, description="host:port[,host:port...]; unset: `hepstream demo` starts its own broker")
     partitions: int = Field(default=4, ge=1, le=1024)
-    compression: Literal["zstd", "lz4", "gzip", "snappy", "none"] = "zstd"
+    # lz4 published 1.03 M events/s against zstd's 0.96 M in `hepstream bench produce` (2 cores), for 34% more bytes.
+    compression: Literal["lz4", "zstd", "none"] = Field(default="lz4", description="Arrow IPC body compression")
     max_message_bytes: ByteSize = Field(default=4_000_000, description="Topic max.message.bytes; chunks stay below it")
     linger_ms: int = Field(default=5, ge=0)
     connect_retries: int = Field(default=3, ge=0, description="Attempts after the first to reach the brokers")

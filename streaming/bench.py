@@ -71,9 +71,10 @@ def _child(config_json: str, bootstrap: str, repeat: int) -> None:
     import resource
 
     from hepstream.config import config_from_dict
-    from hepstream.streaming.producer import Producer
+    from hepstream.streaming.producer import Producer, limit_malloc_arenas
 
     config = config_from_dict(json.loads(config_json))
+    limit_malloc_arenas()  # as `hepstream produce` does
     producer = Producer(config, bootstrap)
     reports = [producer.run() for _ in range(repeat)]
     producer.close()

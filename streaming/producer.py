@@ -16,6 +16,8 @@ the selection has been checked against the first readable file.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
@@ -44,8 +46,26 @@ log = logging.getLogger(__name__)
 
 # Headers, key and the Kafka record batch framing around an IPC value.
 _MESSAGE_OVERHEAD = 16_384
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
 # Entries of the first readable file on which cuts and definitions are tried before publishing.
 _PREFLIGHT_ENTRIES = 100
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas for a producer process; call it before the reader threads start.
+
+    Each reader thread otherwise gets an arena of its own, and freed chunk
+    buffers stay cached in it: with ten times the input the producer's peak
+    RSS grew by 15-18 % in ``hepstream bench produce``, by 13 % with the cap,
+    at the same speed. A process-wide setting, so the producer's entry points
+    (``hepstream produce``, the benchmark) call it, not the library class.
+    Without glibc (musl, macOS) nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, arenas)
+    except (OSError, AttributeError) as error:
+        log.debug("malloc arenas left as they are: %s", error)
 
 
 class BrokerUnavailable(RuntimeError):
