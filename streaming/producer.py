@@ -55,9 +55,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's per-thread malloc arenas for a producer process; call it before the reader threads start.
 
     Each reader thread otherwise gets an arena of its own, and freed chunk
-    buffers stay cached in it: with ten times the input the producer's peak
-    RSS grew by 15-18 % in ``hepstream bench produce``, by 13 % with the cap,
-    at the same speed. A process-wide setting, so the producer's entry points
+    buffers stay cached in it. In ``hepstream bench produce`` the peak RSS at
+    ten times the input was 15-20 % above the 1x figure without the cap and
+    11-18 % with it (noisy runs on 2 cores), at the same speed. A process-wide setting, so the producer's entry points
     (``hepstream produce``, the benchmark) call it, not the library class.
     Without glibc (musl, macOS) nothing changes.
     """
