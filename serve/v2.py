@@ -213,7 +213,7 @@ def _read_tensor(tensor: dict, binary: bytes, offset: int, field: str) -> tuple[
         except (ValueError, TypeError, OverflowError):
             values = None
         if values is None:
-            raise _bad(field, f"data must be an array of numbers (flat or nested by row)")
+            raise _bad(field, "data must be an array of numbers (flat or nested by row)")
         if values.size != size:
             raise _bad(field, f"{values.size} values do not fill shape {shape}")
     return values.reshape(shape), offset
@@ -245,7 +245,7 @@ def _jagged(tensor: np.ndarray, field: str) -> pa.Array:
 
 def _finite(values: np.ndarray, field: str) -> None:
     if not np.isfinite(values).all():
-        raise _bad(field, f"values must be finite numbers (no NaN or infinity)")
+        raise _bad(field, "values must be finite numbers (no NaN or infinity)")
 
 
 def _bad(field: str, message: str) -> RequestError:

@@ -23,7 +23,7 @@ import uproot
 
 from hepstream.expressions import ExpressionError
 from hepstream.streaming.retry import Backoff, is_transient
-from hepstream.streaming.selection import FilePlan, MissingBranches, Selection, UnknownBranch
+from hepstream.streaming.selection import FilePlan, MissingBranches, Selection
 from hepstream.streaming.sources import Source
 from hepstream.wire import Chunk, ChunkId, awkward_to_batch
 

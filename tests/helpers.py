@@ -7,6 +7,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from hepstream import wire
 from hepstream.config import config_from_dict
+from hepstream.streaming.datagen import generate_file
+from hepstream.streaming.producer import Producer
 
 
 def pipeline_config(topic: str, files, store, **sections):
@@ -47,3 +49,20 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
 def decoded_events(records) -> dict[str, ak.Array]:
     """Chunks of a topic keyed by chunk key, as awkward arrays."""
     return {r.key.decode(): ak.from_arrow(wire.decode(r.key, r.value, r.headers).batch) for r in records}
+
+
+def labelled_pair(folder, signal_events: int, background_events: int, seed: int) -> list:
+    """A signal file (label 1) and a background file (label 0) of NanoAOD-like events."""
+    return [
+        (generate_file(folder / "sig.root", "signal", signal_events, seed=seed), 1),
+        (generate_file(folder / "bkg.root", "background", background_events, seed=seed + 1), 0),
+    ]
+
+
+def produce(config, bootstrap: str, files=None, progress=None):
+    """Publish ``files`` (default: the config's inputs) once, as ``hepstream produce`` does; the report."""
+    producer = Producer(config, bootstrap, progress=progress)
+    try:
+        return producer.run(files)
+    finally:
+        producer.close()

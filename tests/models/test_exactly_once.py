@@ -7,7 +7,6 @@ produced, to the event: nothing lost, nothing learned twice.
 """
 
 import json
-import os
 import random
 import signal
 import subprocess

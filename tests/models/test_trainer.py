@@ -11,27 +11,15 @@ from hepstream.models.metrics import roc_auc
 from hepstream.models.store import ModelStore
 from hepstream.models.trainer import StreamTrainer
 from hepstream.streaming.datagen import generate_file
-from hepstream.streaming.producer import Producer
-from tests.helpers import pipeline_config
+from tests.helpers import labelled_pair, pipeline_config, produce
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def labelled_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train")
-    return [
-        (generate_file(folder / "sig.root", "signal", 6000, seed=11), 1),
-        (generate_file(folder / "bkg.root", "background", 6000, seed=12), 0),
-    ]
+    return labelled_pair(tmp_path_factory.mktemp("train"), 6000, 6000, seed=11)
 
-
-def _produce(config, bootstrap):
-    producer = Producer(config, bootstrap)
-    try:
-        return producer.run(config.dataset.files)
-    finally:
-        producer.close()
 
 
 def _train_until(trainer: StreamTrainer, done, timeout_s: float = 60.0) -> None:
@@ -57,7 +45,7 @@ def _send_raw(bootstrap, topic, key, value, headers):
 
 def test_learns_every_event_once_and_survives_poison(broker, unique_topic, labelled_files, tmp_path):
     config = pipeline_config(unique_topic, labelled_files, tmp_path / "store")
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     topic = config.dataset.topic
     _send_raw(broker.bootstrap, topic, b"not-a-key", b"\x00garbage", [("format_version", b"1")])
     batch = pa.record_batch({"MET_pt": [1.0]})
@@ -91,13 +79,13 @@ def test_learns_every_event_once_and_survives_poison(broker, unique_topic, label
 
 def test_restart_resumes_from_checkpoint_and_skips_resent_chunks(broker, unique_topic, labelled_files, tmp_path):
     config = pipeline_config(unique_topic, labelled_files[:1], tmp_path / "store")
-    first_report = _produce(config, broker.bootstrap)
+    first_report = produce(config, broker.bootstrap)
     first = StreamTrainer(config, broker.bootstrap)
     _train_until(first, lambda t: t.counters["events_trained"] >= first_report.events)
     version = first.version
 
     # The producer runs again (say, after a crash before it recorded progress): every chunk is re-sent.
-    again = _produce(config, broker.bootstrap)
+    again = produce(config, broker.bootstrap)
     second = StreamTrainer(config, broker.bootstrap)
     assert second.version == version and second.counters["events_trained"] == 6000
     _train_until(second, lambda t: t.counters["duplicate_chunks"] >= first.counters["chunks"])
@@ -137,7 +125,7 @@ def test_epochs_replay_the_retained_topic_and_metrics_are_scraped(broker, unique
     from hepstream.models.monitoring import serve_metrics
 
     config = pipeline_config(unique_topic, labelled_files[:1], tmp_path / "store", training={"epochs": 2})
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     trainer = StreamTrainer(config, broker.bootstrap)
     server, port = serve_metrics("m", trainer.status, 0)
     try:

@@ -16,9 +16,8 @@ from kafka import KafkaAdminClient
 from hepstream import wire
 from hepstream.config import ConfigError, FileSpec
 from hepstream.stack.ports import free_port
-from hepstream.streaming.datagen import generate_file
 from hepstream.streaming.producer import BrokerUnavailable, Producer
-from tests.helpers import pipeline_config, read_topic
+from tests.helpers import labelled_pair, pipeline_config, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -27,17 +26,8 @@ EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "consume.py"
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("features")
-    return [(generate_file(folder / "sig.root", "signal", 2000, seed=11), 1),
-            (generate_file(folder / "bkg.root", "background", 1500, seed=12), 0)]
+    return labelled_pair(tmp_path_factory.mktemp("features"), 2000, 1500, seed=11)
 
-
-def _produce(config, bootstrap, files=None):
-    producer = Producer(config, bootstrap)
-    try:
-        return producer.run(files)
-    finally:
-        producer.close()
 
 
 def test_cuts_and_definitions_match_a_plain_awkward_computation(broker, unique_topic, files, tmp_path):
@@ -47,7 +37,7 @@ def test_cuts_and_definitions_match_a_plain_awkward_computation(broker, unique_t
     config = pipeline_config(unique_topic, files, tmp_path, dataset=dataset,
                              producer={"max_chunk_events": 1000, "step_size": 30_000},
                              kafka={"max_message_bytes": 30_000, "compression": "none"})  # splits chunks
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     assert not report.failed
     chunks = [wire.decode(r.key, r.value, r.headers) for r in read_topic(broker.bootstrap, config.dataset.topic)]
     for path, _ in files:
@@ -72,7 +62,7 @@ def test_cuts_and_definitions_match_a_plain_awkward_computation(broker, unique_t
 def test_a_bad_selection_fails_before_anything_is_published(broker, unique_topic, files, tmp_path, dataset, message):
     config = pipeline_config(unique_topic, files, tmp_path, dataset=dataset)
     with pytest.raises(ConfigError, match=message):
-        _produce(config, broker.bootstrap)
+        produce(config, broker.bootstrap)
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
         assert config.dataset.topic not in admin.list_topics()  # not even created
@@ -82,8 +72,8 @@ def test_a_bad_selection_fails_before_anything_is_published(broker, unique_topic
 
 def test_the_example_consumer_reads_a_produced_topic(broker, unique_topic, files, tmp_path):
     config = pipeline_config(unique_topic, files, tmp_path)
-    report = _produce(config, broker.bootstrap)
-    _produce(config, broker.bootstrap, [FileSpec(url=str(files[0][0]), label=1)])  # a re-sent file: same keys
+    report = produce(config, broker.bootstrap)
+    produce(config, broker.bootstrap, [FileSpec(url=str(files[0][0]), label=1)])  # a re-sent file: same keys
     out = subprocess.run([sys.executable, str(EXAMPLE), broker.bootstrap, config.dataset.topic],
                          capture_output=True, text=True, timeout=60, check=True)
     summary = json.loads(out.stdout)

@@ -5,28 +5,15 @@ import pytest
 import uproot
 
 from hepstream import wire
-from hepstream.streaming.datagen import generate_file
-from hepstream.streaming.producer import Producer
-from tests.helpers import pipeline_config, read_topic
+from tests.helpers import labelled_pair, pipeline_config, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def small_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("produce")
-    return [
-        (generate_file(folder / "sig.root", "signal", 2500, seed=1), 1),
-        (generate_file(folder / "bkg.root", "background", 1800, seed=2), 0),
-    ]
+    return labelled_pair(tmp_path_factory.mktemp("produce"), 2500, 1800, seed=1)
 
-
-def _produce(config, bootstrap):
-    producer = Producer(config, bootstrap)
-    try:
-        return producer.run(config.dataset.files)
-    finally:
-        producer.close()
 
 
 def _assert_topic_equals_files(bootstrap, topic, files, branches):
@@ -52,7 +39,7 @@ def _assert_topic_equals_files(bootstrap, topic, files, branches):
 
 def test_every_event_arrives_equal_to_uproot(broker, unique_topic, small_files, tmp_path):
     config = pipeline_config(unique_topic, small_files, tmp_path / "store")
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     assert report.events == 4300 and not report.failed
     records = _assert_topic_equals_files(broker.bootstrap, config.dataset.topic, small_files, config.features.branches)
     assert {r.partition for r in records} == {0, 1, 2}  # chunks spread over every partition
@@ -65,7 +52,7 @@ def test_reads_over_xrootd(broker, xrootd_server, unique_topic, small_files, tmp
         served = shutil.copy(path, xrootd_server.root_dir)
         files.append((xrootd_server.url_for(served), label))
     config = pipeline_config(unique_topic, files, tmp_path / "store")
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     assert report.events == 4300 and not report.failed
     _assert_topic_equals_files(broker.bootstrap, config.dataset.topic, files, config.features.branches)
 
@@ -78,7 +65,7 @@ def test_bad_files_are_reported_and_skipped(broker, unique_topic, small_files, t
         f.mktree("Events", {"MET_pt": "f4"}).extend({"MET_pt": [1.0, 2.0]})
     files = [(tmp_path / "missing.root", 0), (truncated, 1), small_files[1], (no_branch, 0)]
     config = pipeline_config(unique_topic, files, tmp_path / "store")
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     failures = report.as_dict()["failures"]
     assert set(failures) == {str(tmp_path / "missing.root"), str(truncated), str(no_branch)}
     assert failures[str(tmp_path / "missing.root")] == "no such file"
@@ -89,7 +76,7 @@ def test_bad_files_are_reported_and_skipped(broker, unique_topic, small_files, t
 
 def test_missing_tree_suggests_names(broker, unique_topic, small_files, tmp_path):
     config = pipeline_config(unique_topic, small_files[:1], tmp_path / "store", dataset={"tree": "Event"})
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     assert "has no tree 'Event' (did you mean 'Events'?)" in report.failed[0].error
 
 
@@ -99,7 +86,7 @@ def test_chunks_too_big_for_a_message_are_split(broker, unique_topic, small_file
         kafka={"max_message_bytes": 40_000, "compression": "none"},
         producer={"step_size": 40_000, "max_chunk_events": 2500},
     )
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     records = read_topic(broker.bootstrap, config.dataset.topic)
     assert report.events == 2500 and len(records) > 2
     assert max(len(r.value) for r in records) < 40_000

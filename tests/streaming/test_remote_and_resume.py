@@ -14,9 +14,8 @@ import yaml
 from hepstream import wire
 from hepstream.stack.xrootd import XRootDServer
 from hepstream.streaming.datagen import generate_file
-from hepstream.streaming.producer import Producer
 from hepstream.streaming.progress import Progress
-from tests.helpers import pipeline_config, read_topic
+from tests.helpers import pipeline_config, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -26,20 +25,13 @@ def big_file(tmp_path_factory):
     return generate_file(tmp_path_factory.mktemp("remote") / "sig.root", "signal", 30_000, seed=21)
 
 
-def _produce(config, bootstrap, progress=None):
-    producer = Producer(config, bootstrap, progress=progress)
-    try:
-        return producer.run()
-    finally:
-        producer.close()
-
 
 def test_missing_remote_file_is_reported_and_the_others_go_on(broker, xrootd_server, unique_topic, big_file, tmp_path):
     served = xrootd_server.url_for(shutil.copy(big_file, xrootd_server.root_dir))
     missing = xrootd_server.url_for("nowhere.root")
     config = pipeline_config(unique_topic, [(missing, 0), (served, 1)], tmp_path, producer={"retry_backoff_s": 0.05})
     started = time.monotonic()
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     assert time.monotonic() - started < 20
     assert report.as_dict()["files_ok"] == 1 and report.events == 30_000
     assert [f.url for f in report.failed] == [missing]
@@ -67,7 +59,7 @@ def test_server_stopped_mid_run_is_an_error_not_a_hang(broker, unique_topic, tmp
                                      producer={"max_chunk_events": 500, "retries": 2, "retry_backoff_s": 0.1,
                                                "timeout_s": 2, "files_in_flight": 1, "max_in_flight_bytes": 1})
             started = time.monotonic()
-            report = _produce(config, broker.bootstrap, _StopServerAfterFirstChunk(server))
+            report = produce(config, broker.bootstrap, progress=_StopServerAfterFirstChunk(server))
     finally:
         shutil.rmtree(root)
     assert time.monotonic() - started < 30
@@ -94,7 +86,7 @@ def test_killed_producer_resumes_without_resending_acknowledged_chunks(broker, u
     process.wait()
     first_run = {line.split('"key": "')[1].split('"')[0] for line in manifest.read_text().splitlines()[1:] if '"key"' in line}
 
-    report = _produce(config, broker.bootstrap)
+    report = produce(config, broker.bootstrap)
     assert not report.failed and report.as_dict()["chunks_skipped"] >= len(first_run) > 0
 
     counts = {}
