@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import awkward as ak
 from kafka import KafkaConsumer, TopicPartition
 
@@ -66,3 +68,12 @@ def produce(config, bootstrap: str, files=None, progress=None):
         return producer.run(files)
     finally:
         producer.close()
+
+
+def is_running(pid: int) -> bool:
+    """Whether a process of that PID exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 
@@ -12,16 +11,9 @@ from kafka.admin import NewTopic
 
 from hepstream.stack.broker import TANSU_BIN_ENV, EmbeddedBroker
 from hepstream.stack.errors import StackError
+from tests.helpers import is_running
 
 pytestmark = pytest.mark.integration
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _becomes_frozen(pid: int, frozen: bool = True) -> bool:
@@ -40,7 +32,7 @@ def _becomes_frozen(pid: int, frozen: bool = True) -> bool:
 
 def test_bootstrap_is_loopback_and_process_runs(broker):
     assert broker.bootstrap == f"127.0.0.1:{broker.port}"
-    assert _is_running(broker.pid)
+    assert is_running(broker.pid)
     assert "listening on: tcp://127.0.0.1" in broker.log_path.read_text()
 
 
@@ -71,7 +63,7 @@ def test_stop_ends_the_process_and_removes_its_log():
     broker = EmbeddedBroker().start()
     pid, log_path = broker.pid, broker.log_path
     broker.stop()
-    assert not _is_running(pid)
+    assert not is_running(pid)
     assert not log_path.exists()
     assert broker.pid is None
     broker.stop()  # idempotent
@@ -88,7 +80,7 @@ def test_paused_broker_is_frozen_and_stops_without_being_killed():
         started_stopping = time.monotonic()
     # tansu ignores SIGTERM while frozen; stop() must wake it rather than wait 5 s and kill it.
     assert time.monotonic() - started_stopping < 2.0
-    assert not _is_running(pid)
+    assert not is_running(pid)
 
 
 def test_bad_binary_override_is_named(monkeypatch, tmp_path):

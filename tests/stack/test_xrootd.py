@@ -13,19 +13,12 @@ import uproot
 
 from hepstream.stack.errors import StackError
 from hepstream.stack.xrootd import XRootDServer
+from tests.helpers import is_running
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not XRootDServer.available(), reason="no xrootd binary: install xrootd-server"),
 ]
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_remote_read_equals_local_read(xrootd_server):
@@ -61,7 +54,7 @@ def test_stop_ends_the_process():
         server = XRootDServer(root_dir).start()
         pid = server.pid
         server.stop()
-        assert not _is_running(pid)
+        assert not is_running(pid)
         server.stop()  # idempotent
     finally:
         os.rmdir(root_dir)
