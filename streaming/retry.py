@@ -29,11 +29,18 @@ def is_transient(error: BaseException, url: str) -> bool:
     True
     >>> is_transient(OSError("[3011] no such file"), "root://host//f.root"), is_transient(OSError("x"), "/data/f.root")
     (False, False)
+    >>> forbidden, busy = OSError("Forbidden"), OSError("Service Unavailable")
+    >>> forbidden.status, busy.status = 403, 503
+    >>> is_transient(forbidden, "https://host/f.root"), is_transient(busy, "https://host/f.root")
+    (False, True)
     """
     if not is_remote(url) or isinstance(error, _PERMANENT):
         return False
     if any(code in str(error) for code in _PERMANENT_XROOTD):
         return False
+    status = getattr(error, "status", None)  # an HTTP answer (aiohttp's ClientResponseError)
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+        return False  # refused or not there: asking again gets the same answer; 408 and 429 say "later"
     module = type(error).__module__.split(".")[0]
     # fsspec-xrootd reopens a closed handle with ValueError after a dropped connection.
     return isinstance(error, (OSError, TimeoutError, ConnectionError, ValueError)) or module in ("aiohttp", "requests")

@@ -6,6 +6,7 @@ import uproot
 
 from hepstream import wire
 from tests.helpers import labelled_pair, pipeline_config, produce, read_topic
+from tests.streaming.range_http import FORBIDDEN, RangeServer
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +92,34 @@ def test_chunks_too_big_for_a_message_are_split(broker, unique_topic, small_file
     assert report.events == 2500 and len(records) > 2
     assert max(len(r.value) for r in records) < 40_000
     assert sum(int(dict(r.headers)["events"]) for r in records) == 2500
+
+
+def test_reads_over_http_and_reports_refusals_without_retrying(broker, unique_topic, small_files, tmp_path):
+    folder = tmp_path / "www"
+    folder.mkdir()
+    for path, _ in small_files:
+        shutil.copy(path, folder)
+    with RangeServer(folder) as server:
+        files = [(f"{server.url}/{path.name}", label) for path, label in small_files]
+        missing, forbidden = f"{server.url}/missing.root", f"{server.url}/{FORBIDDEN}"
+        config = pipeline_config(unique_topic, files + [(missing, 0), (forbidden, 0)], tmp_path / "store")
+        report = produce(config, broker.bootstrap)
+        failures = report.as_dict()["failures"]
+        assert set(failures) == {missing, forbidden}
+        assert "403" in failures[forbidden]
+        assert all(f.retries == 0 for f in report.files)  # a refusal is final: no backoff spent on it
+        assert report.events == 4300
+        local = [(str(folder / url.rsplit("/", 1)[1]), label) for url, label in files]
+        records = read_topic(broker.bootstrap, config.dataset.topic)
+        assert sum(int(dict(r.headers)["events"]) for r in records) == 4300
+    # Every event equals uproot's local reading of the same file.
+    by_url = {}
+    for record in records:
+        chunk = wire.decode(record.key, record.value, record.headers)
+        by_url.setdefault(chunk.source, []).append(chunk)
+    for (url, _), (path, _) in zip(files, local):
+        chunks = sorted(by_url[url], key=lambda c: c.id.entry_start)
+        got = ak.concatenate([ak.from_arrow(c.batch) for c in chunks])
+        expected = uproot.open(path)["Events"].arrays(config.features.branches)
+        for name in config.features.branches:
+            assert ak.to_list(got[name]) == ak.to_list(expected[name]), (url, name)
