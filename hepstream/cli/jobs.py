@@ -54,14 +54,14 @@ def _wait_for_signal() -> threading.Event:
 
 def run_produce(args) -> int:
     """Exit 0 when every file went through, 1 when any failed, 3 when the brokers cannot be reached."""
-    from hepstream.streaming.producer import BrokerUnavailable, Producer, limit_malloc_arenas
+    from hepstream.streaming.producer import BrokerUnavailable, Producer, tune_malloc_for_chunks
     from hepstream.streaming.progress import progress_for
 
     config, bootstrap = _load(args)
     dataset = config.dataset
     if not (dataset.files or dataset.file_list or dataset.samples):
         raise ConfigError("dataset.files, dataset.file_list and dataset.samples are all empty: nothing to produce")
-    limit_malloc_arenas()
+    tune_malloc_for_chunks()
     progress = progress_for(every_s=config.producer.progress_every_s)
     try:
         producer = Producer(config, _require_bootstrap(bootstrap), progress=progress)
