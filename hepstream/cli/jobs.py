@@ -16,7 +16,8 @@ from pathlib import Path
 from hepstream.config import Config, ConfigError, load_config
 
 
-def _config_argument(parser) -> None:
+def config_argument(parser) -> None:
+    """The --config and --bootstrap pair every job that reads the pipeline file takes."""
     parser.add_argument("--config", type=Path, default=os.environ.get("HEPSTREAM_CONFIG"),
                         help="pipeline YAML file (env HEPSTREAM_CONFIG)")
     parser.add_argument("--bootstrap", default=os.environ.get("HEPSTREAM_BOOTSTRAP"),
@@ -30,7 +31,7 @@ def add_parser(subparsers) -> None:
         ("serve", run_serve, "serve the newest model version over HTTP with Ray Serve until interrupted"),
     ):
         parser = subparsers.add_parser(name, help=text)
-        _config_argument(parser)
+        config_argument(parser)
         parser.set_defaults(run=run)
 
 

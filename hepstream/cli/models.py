@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hepstream.cli.jobs import _config_argument as config_argument  # the --config/--bootstrap pair every job takes
+from hepstream.cli.jobs import config_argument
 from hepstream.config import ConfigError, load_config
 
 
