@@ -203,7 +203,9 @@ class StreamTrainer:
             return {tp.partition: committed[tp] if committed[tp] is not None else earliest[tp] for tp in assigned}
         found = consumer.offsets_for_times({tp: start_timestamp_ms(start) for tp in assigned})
         ends = consumer.end_offsets(assigned)
-        return {tp.partition: found[tp].offset if found.get(tp) else ends[tp] for tp in assigned}
+        # No record at or after the time: Kafka answers None, tansu offset 0 with timestamp -1. Both mean "the end".
+        return {tp.partition: found[tp].offset if found.get(tp) and found[tp].timestamp >= 0 else ends[tp]
+                for tp in assigned}
 
     def assign(self, consumer: KafkaConsumer, stop: threading.Event, wait_s: float) -> list[TopicPartition]:
         deadline = time.monotonic() + wait_s

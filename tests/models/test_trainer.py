@@ -1,3 +1,4 @@
+import datetime
 import threading
 import time
 
@@ -137,3 +138,49 @@ def test_epochs_replay_the_retained_topic_and_metrics_are_scraped(broker, unique
         server.shutdown()
     assert f'hepstream_trainer_events_trained_total{{model="m"}} {2 * report.events}.0' in text
     assert "hepstream_trainer_log_loss" in text and "hepstream_trainer_drift_detections" in text
+
+
+def _only_what_follows(broker, config, before, after, start, *, same_group_trainer=None):
+    """Produce ``before``, start a trainer from ``start``, produce ``after``: it must learn ``after`` alone."""
+    first = produce(config, broker.bootstrap, before)
+    assert first.events > 0
+    if same_group_trainer is not None:
+        same_group_trainer(first.events)
+    if callable(start):
+        start = start()
+    second_config = config.model_copy(update={
+        "training": config.training.model_copy(update={"start": start}),
+        "store": config.store.model_copy(update={"path": config.store.path.parent / "fresh-store"}),
+    })
+    trainer = StreamTrainer(second_config, broker.bootstrap)
+    stop = threading.Event()
+    thread = threading.Thread(target=trainer.run, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(1.5)  # assigned and positioned before the new data arrives
+        later = produce(config, broker.bootstrap, after)
+        deadline = time.monotonic() + 60
+        while trainer.counters["events_trained"] < later.events and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # and nothing more comes
+    finally:
+        stop.set()
+        thread.join(30)
+    return trainer.counters["events_trained"], later.events
+
+
+@pytest.mark.parametrize("start", ["latest", "timestamp", "committed"])
+def test_start_positions_skip_what_came_before(broker, unique_topic, labelled_files, tmp_path, start):
+    from hepstream.config import FileSpec
+
+    config = pipeline_config(unique_topic, labelled_files, tmp_path / "store", kafka={"partitions": 2})
+    signal, background = (FileSpec(url=str(path), label=label) for path, label in labelled_files)
+    group_trainer = None
+    if start == "timestamp":
+        start = lambda: datetime.datetime.now(datetime.timezone.utc).isoformat()  # noqa: E731
+    if start == "committed":
+        def group_trainer(events):  # a first trainer of the same group learns (and commits) what is there
+            _train_until(StreamTrainer(config, broker.bootstrap), lambda t: t.counters["events_trained"] >= events)
+    trained, expected = _only_what_follows(broker, config, [signal], [background], start,
+                                           same_group_trainer=group_trainer)
+    assert trained == expected == 6000
