@@ -19,12 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import uproot
-
 from hepstream.cli.output import Progress
 from hepstream.config import Config, config_from_dict
-from hepstream.models.metrics import roc_auc
 from hepstream.serve.client import Client, ClientError
 from hepstream.stack.ports import free_port
 
@@ -44,6 +40,9 @@ def add_parser(subparsers) -> None:
 
 def _holdout_events(files, branches: list[str], tree: str) -> tuple[list[dict], np.ndarray]:
     """Held-out events as JSON rows in branch space, as an HTTP client would send them."""
+    import numpy as np
+    import uproot
+
     rows, labels = [], []
     for path, label in files:
         arrays = uproot.open(path)[tree].arrays(branches, library="ak")
@@ -103,7 +102,11 @@ def _demo_config(workdir: Path, train_files, read_url, port: int, bootstrap: str
 
 
 def run_demo(args, progress: Progress) -> dict:
+    # Heavy imports here, not at the top: every `hepstream` command builds this module's parser.
+    import numpy as np
     import ray
+
+    from hepstream.models.metrics import roc_auc
 
     from hepstream.models.actor import spawn_trainer
     from hepstream.serve.deployment import start_serve, stop_serve
