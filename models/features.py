@@ -176,8 +176,10 @@ def is_descending(offsets: np.ndarray, key: np.ndarray) -> bool:
     """Whether ``key`` already decreases within every event (NanoAOD collections come sorted by pt)."""
     if key.size < 2:
         return True
-    rising = np.flatnonzero(np.diff(key) > 0) + 1  # positions where the key goes up
-    return bool(np.isin(rising, offsets).all())  # ... only where a new event starts
+    rising = np.diff(key) > 0  # rising[k]: the key goes up from object k to k + 1 ...
+    starts = offsets[1:-1]
+    rising[starts[(starts > 0) & (starts < key.size)] - 1] = False  # ... which is allowed where an event starts
+    return not rising.any()
 
 
 def descending_order(offsets: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -195,12 +197,10 @@ def slot_targets(offsets: np.ndarray, length: int, row_width: int) -> tuple[np.n
     >>> source.tolist(), target.tolist(), slot.tolist()
     ([0, 1, 3], [0, 1, 20], [0, 1, 0])
     """
-    counts = np.diff(offsets)
-    starts = np.repeat(offsets[:-1], counts)
-    slot = np.arange(offsets[-1], dtype=offsets.dtype) - starts
+    event = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    slot = np.arange(offsets[-1], dtype=np.int64) - offsets[event]
     kept = np.flatnonzero(slot < length)
-    slot = slot[kept]
-    event = np.repeat(np.arange(len(counts), dtype=np.int64), counts)[kept]
+    slot, event = slot[kept], event[kept]
     return kept, event * row_width + slot, slot
 
 
@@ -297,7 +297,9 @@ class FeaturePipeline:
                     source = descending_order(first.offsets, key)[source]
             values = [_checked(name, columns.jagged(name).values)[source] for name in collection.branches]
             collections.append(Objects(target, slot, values))
-        self._jagged_sources |= {name for name, value in columns.cache.items() if isinstance(value, Jagged)}
+        seen = {name for name, value in columns.cache.items() if isinstance(value, Jagged)}
+        if not seen <= self._jagged_sources:  # a new set, not an update: the read-ahead thread extracts while
+            self._jagged_sources = self._jagged_sources | seen  # the trainer thread may be saving the state
         return Extracted(batch.num_rows, flat, collections)
 
     def learn(self, extracted: Extracted) -> None:
@@ -336,8 +338,8 @@ class FeaturePipeline:
             for j, values in enumerate(objects.values):
                 first = start + j * length
                 slot_factor, slot_shift = factor[first : first + length], shift[first : first + length]
-                cells[objects.target + first] = values * slot_factor[objects.slot] + slot_shift[objects.slot]
-            cells[objects.target + mask_start] = 1.0
+                cells[first:][objects.target] = values * slot_factor[objects.slot] + slot_shift[objects.slot]
+            cells[mask_start:][objects.target] = 1.0
         return out
 
     def raw(self, batch: pa.RecordBatch) -> np.ndarray:

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hepstream.config import FeaturesConfig, JaggedFeature
-from hepstream.models.features import FeatureError, FeaturePipeline
+from hepstream.models.features import FeatureError, FeaturePipeline, is_descending
 
 
 def slow_reference(rows, flat, collections):
@@ -75,6 +75,16 @@ def test_padding_equals_per_event_reference(rows, length, sort):
     assert got.shape == (len(rows), pipeline.n_features)
     if rows:
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), max_size=4), max_size=8))
+def test_is_descending_looks_within_events_only(per_event):
+    """Empty events first, last or between: a rise across an event boundary is no rise."""
+    offsets = np.cumsum([0] + [len(keys) for keys in per_event])
+    key = np.array([k for keys in per_event for k in keys], dtype=np.float32)
+    expected = all(keys == sorted(keys, reverse=True) for keys in per_event)
+    assert is_descending(offsets, key) is expected
 
 
 def test_sliced_arrow_batches_use_their_own_offsets():
