@@ -7,7 +7,11 @@ branches or the store.
 
 * ``predict_proba(x)``: ``(n,)`` probabilities of class 1 for two classes,
   ``(n, classes)`` otherwise. Must not change ``x`` nor learn.
-* ``learn(x, y, weights)``: one pass over an already shuffled batch.
+* ``learn(x, y, weights)``: one pass over an already shuffled batch. An
+  estimator whose attribute ``scores_while_learning`` is true returns from it
+  the probabilities each event had just before the model learned from it (as
+  ``predict_proba`` gives them); the prequential metrics then need no scoring
+  pass of their own. Otherwise the return value is ignored.
 * ``state_dict()`` / ``load_state_dict(state)``: everything needed to carry
   on exactly where it stopped. ``checkpoint`` says how the store writes it:
   ``"torch"`` (tensors, saved with ``torch.save`` and read back with
@@ -28,7 +32,7 @@ class Estimator(Protocol):
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
 
-    def learn(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> None: ...
+    def learn(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> np.ndarray | None: ...
 
     def state_dict(self) -> dict: ...
 

@@ -29,7 +29,7 @@ _PER_EVENT_SAMPLE = 20_000
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--events", type=int, default=100_000, help="events per class (default 100000)")
+    parser.add_argument("--events", type=int, default=200_000, help="events per class (default 200000)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -113,7 +113,9 @@ def _train_in_memory(config, batches, labels) -> float:
     import numpy as np
 
     from hepstream.models.learner import Learner
+    from hepstream.models.trainer import use_torch_threads
 
+    use_torch_threads(config.training.threads)  # as the stream trainer does
     learner = Learner(config.features, config.model, config.training)
     for batch in batches:
         learner.features.learn(learner.features.extract(batch))

@@ -6,6 +6,8 @@ drive it directly, and a checkpoint is its state plus the trainer's offsets.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pyarrow as pa
 
@@ -23,6 +25,22 @@ class Prepared:
 
     def __init__(self, features: Extracted, labels: np.ndarray, weights: np.ndarray | None):
         self.features, self.labels, self.weights = features, labels, weights
+
+
+class Preparation(NamedTuple):
+    """What preparing a group changes: the normaliser's statistics and the shuffle generator."""
+
+    features: FeaturePipeline
+    rng: np.random.Generator
+
+
+class Group(NamedTuple):
+    """Chunks ready to learn: shuffled features, labels and weights, and the preparation's state after them."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None
+    state: dict | None
 
 
 class Learner:
@@ -56,26 +74,58 @@ class Learner:
         several chunks as one shuffled set keeps the optimiser from swinging
         from class to class.
         """
+        self.learn_group(self.prepare_group(prepared))
+
+    def read_ahead(self) -> Preparation:
+        """A copy of the normaliser and the shuffle generator, for preparing groups ahead of learning them."""
+        features = FeaturePipeline(self.features.spec)
+        features.load_state_dict(self.features.state_dict())
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self._rng.bit_generator.state
+        return Preparation(features, rng)
+
+    def prepare_group(self, prepared: list[Prepared], ahead: Preparation | None = None) -> Group:
+        """Absorb the chunks into the normaliser, lay out their feature matrix and shuffle it.
+
+        With ``ahead`` (from :meth:`read_ahead`), on that copy, in a thread
+        of its own while the learner trains on the previous group: the group
+        then carries the copy's state, which the learner adopts once it has
+        learned the group, so a checkpoint never holds statistics of events not learned yet.
+        """
+        features, rng = (self.features, self._rng) if ahead is None else (ahead.features, ahead.rng)
         for chunk in prepared:
-            self.features.learn(chunk.features)
-        x = np.concatenate([self.features.matrix(chunk.features) for chunk in prepared])
+            features.learn(chunk.features)
+        x = np.concatenate([features.matrix(chunk.features) for chunk in prepared])
         y = np.concatenate([chunk.labels for chunk in prepared])
         weights = None
         if any(chunk.weights is not None for chunk in prepared):
             weights = np.concatenate([chunk.weights for chunk in prepared])
-        order = self._rng.permutation(len(x))  # before scoring too, so the metrics window mixes the chunks
-        x, y = x[order], y[order]
-        weights = None if weights is None else weights[order]
-        scores = self.estimator.predict_proba(x)
-        losses = self.metrics.update(scores, y)
-        self.since_checkpoint.update(scores, y)
-        self.drift.update(losses, self.events_seen)
-        self.learn_features(x, y, weights)
+        order = rng.permutation(len(x))  # before scoring too, so the metrics window mixes the chunks
+        state = None if ahead is None else {"features": features.state_dict(), "rng": rng.bit_generator.state}
+        return Group(x[order], y[order], None if weights is None else weights[order], state)
 
-    def learn_features(self, x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> None:
-        """Learn from a ready feature matrix; the in-memory benchmark calls this directly."""
-        self.estimator.learn(x, labels, weights)
+    def learn_group(self, group: Group) -> None:
+        """Score a prepared group (prequential metrics, drift) and learn from it: each event is scored
+        before the model learns it, in the learning pass itself when the estimator can do that."""
+        events_seen = self.events_seen
+        if getattr(self.estimator, "scores_while_learning", False):
+            scores = self.learn_features(group.x, group.labels, group.weights)
+        else:
+            scores = self.estimator.predict_proba(group.x)
+            self.learn_features(group.x, group.labels, group.weights)
+        losses = self.metrics.update(scores, group.labels)
+        self.since_checkpoint.update(scores, group.labels)
+        self.drift.update(losses, events_seen)
+        if group.state is not None:
+            self.features.load_state_dict(group.state["features"])
+            self._rng.bit_generator.state = group.state["rng"]
+
+    def learn_features(self, x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None):
+        """Learn from a ready feature matrix (the in-memory benchmark calls this directly); returns what the
+        estimator's ``learn`` returns."""
+        scores = self.estimator.learn(x, labels, weights)
         self.events_seen += len(x)
+        return scores
 
     def metrics_summary(self) -> dict:
         return {**self.metrics.summary(), "drift": self.drift.summary()}

@@ -16,6 +16,9 @@ from torch import nn
 from hepstream.config import TrainingConfig
 
 
+_TRAIN_ONLY = (nn.Dropout, nn.modules.batchnorm._BatchNorm)  # layers that score otherwise in training mode
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,12 +38,20 @@ class TorchEstimator:
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=training.learning_rate)
         self.mixed_precision = training.mixed_precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mixed_precision and self.device.type == "cuda")
+        # Without dropout or batch norm the training forward pass scores as predict_proba would, so learn()
+        # can hand back the scores each event had just before its step: test-then-train without a second
+        # forward pass (which cost about 9 % of a training step in bench train).
+        self.scores_while_learning = not any(isinstance(m, _TRAIN_ONLY) for m in self.module.modules())
 
     def _autocast(self):
         if not self.mixed_precision:
             return contextlib.nullcontext()
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.classes == 2 else torch.softmax(logits, dim=-1)
 
     def _losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -51,19 +62,24 @@ class TorchEstimator:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         self.module.eval()
         with torch.no_grad(), self._autocast():
-            logits = self.module(torch.from_numpy(x).to(self.device)).float()
-        probabilities = torch.sigmoid(logits) if self.classes == 2 else torch.softmax(logits, dim=-1)
-        return probabilities.cpu().numpy()
+            logits = self.module(torch.from_numpy(x).to(self.device))
+        return self._probabilities(logits).cpu().numpy()
 
-    def learn(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> None:
+    def learn(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> np.ndarray | None:
+        """One pass in minibatches; with ``scores_while_learning``, the probabilities each event had just
+        before the step that learned it, else None."""
         self.module.train()
+        scores = [] if self.scores_while_learning else None
         inputs = torch.from_numpy(x).to(self.device, non_blocking=True)
         targets = torch.from_numpy(np.asarray(y)).to(self.device, non_blocking=True)
         event_weights = None if weights is None else torch.from_numpy(weights).to(self.device, non_blocking=True)
         for start in range(0, len(x), self.batch_size):
             part = slice(start, start + self.batch_size)
             with self._autocast():
-                losses = self._losses(self.module(inputs[part]), targets[part])
+                logits = self.module(inputs[part])
+                losses = self._losses(logits, targets[part])
+            if scores is not None:
+                scores.append(self._probabilities(logits.detach()))
             if event_weights is None:
                 loss = losses.mean()
             else:
@@ -72,6 +88,7 @@ class TorchEstimator:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        return None if scores is None else torch.cat(scores).cpu().numpy()
 
     def state_dict(self) -> dict:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -1,0 +1,153 @@
+"""Reading ahead: the next group of chunks is fetched, decoded and featurised while the current one trains.
+
+A training step spends its time in torch kernels that release the GIL;
+fetching from the broker, decoding Arrow and extracting features are socket
+and numpy work that can run beside it on another core. So one thread reads
+ahead: it owns the Kafka consumer (kafka-python's consumer is not
+thread-safe), polls, forms groups of ``chunks_per_step`` messages (waiting up
+to ``group_wait_s`` for a group to fill), prepares each group and hands it over
+a queue holding at most ``depth`` groups. It also performs what the trainer
+asks of the consumer meanwhile: offset commits and the rewind at the end of an
+epoch.
+
+Nothing here advances the trainer's offsets: they move when the trainer has
+learned a group, so a crash or a stop loses only work that was prepared, never
+a count. A group still being read when the reader stops is handed over too,
+so that a stop learns everything fetched, as a trainer without read-ahead did.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+class EpochEnd:
+    """Queued after the last group of an epoch: the trainer forgets the epoch's keys and rewinds its offsets."""
+
+
+class ReadAhead:
+    """Polls, groups and prepares in a thread of its own; :meth:`next` hands the groups over in order.
+
+    ``prepare(records)`` turns a group of records into what the trainer learns;
+    it runs in the reading thread. ``epochs_left`` is how many times the reader
+    may rewind to ``epoch_start`` (partition -> offset) once every partition is
+    read to its end; ``on_rewind`` is called in the reading thread when it does.
+    """
+
+    def __init__(self, consumer: KafkaConsumer, assigned: list[TopicPartition], prepare: Callable[[list], Any], *,
+                 chunks_per_step: int, group_wait_s: float, epoch_start: dict[int, int], epochs_left: int,
+                 on_rewind: Callable[[], None] = lambda: None, depth: int = 2):
+        self.consumer = consumer
+        self.assigned = assigned
+        self.prepare = prepare
+        self.chunks_per_step = chunks_per_step
+        self.group_wait_s = group_wait_s
+        self.epoch_start = dict(epoch_start)
+        self.epochs_left = epochs_left
+        self.on_rewind = on_rewind
+        self._groups: queue.Queue = queue.Queue(maxsize=depth)
+        self._leftover: list = []
+        self._stop = threading.Event()
+        self._commit: dict[TopicPartition, Any] | None = None
+        self._commit_lock = threading.Lock()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hepstream-read-ahead", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def next(self, timeout_s: float) -> Any | None:
+        """The next prepared group or :class:`EpochEnd`; None when nothing came within ``timeout_s``.
+
+        Raises what the reading thread failed with, so a broken consumer stops the trainer.
+        """
+        try:
+            return self._groups.get(timeout=timeout_s)
+        except queue.Empty:
+            if self._failure is not None:
+                raise RuntimeError(f"reading from Kafka failed: {self._failure}") from self._failure
+            return None
+
+    def commit(self, offsets: dict) -> None:
+        """Ask for ``offsets`` (``TopicPartition -> OffsetAndMetadata``) to be committed before the next poll."""
+        with self._commit_lock:
+            self._commit = offsets
+
+    def stop(self) -> list:
+        """Stop reading and return every group prepared but not yet handed over, in order.
+
+        Afterwards the caller owns the consumer again.
+        """
+        self._stop.set()
+        self._thread.join()
+        left = []
+        while not self._groups.empty():
+            left.append(self._groups.get_nowait())
+        return left + self._leftover
+
+    def _run(self) -> None:
+        try:
+            self._read()
+        except BaseException as error:  # handed to the trainer by next()
+            log.exception("read-ahead thread failed")
+            self._failure = error
+
+    def _read(self) -> None:
+        pending: list = []
+        first_pending = 0.0
+        while not self._stop.is_set():
+            self._commit_requested()
+            polled = self.consumer.poll(timeout_ms=100, max_records=self.chunks_per_step - len(pending))
+            for records in polled.values():
+                if not pending:
+                    first_pending = time.monotonic()
+                pending.extend(records)
+            waited = time.monotonic() - first_pending
+            if pending and (len(pending) >= self.chunks_per_step or waited >= self.group_wait_s):
+                self._hand_over(self.prepare(pending))
+                pending = []
+            elif not polled and not pending:
+                self._rewind_if_epoch_done()
+        if pending:
+            self._leftover.append(self.prepare(pending))
+        self._commit_requested()
+
+    def _hand_over(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._groups.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        self._leftover.append(item)  # stopping while the trainer is busy: the stop still learns it
+
+    def _commit_requested(self) -> None:
+        with self._commit_lock:
+            offsets, self._commit = self._commit, None
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except Exception as error:  # monitoring only: the checkpoint is the truth
+                log.warning("Kafka offset commit failed (the checkpoint is still valid): %s", error)
+
+    def _rewind_if_epoch_done(self) -> None:
+        """After an idle poll: when every partition is read to its end, queue :class:`EpochEnd` and rewind."""
+        if self.epochs_left <= 0:
+            return
+        ends = self.consumer.end_offsets(self.assigned)
+        if any(self.consumer.position(tp) < ends[tp] for tp in self.assigned):
+            return
+        self.epochs_left -= 1
+        self.on_rewind()
+        self._hand_over(EpochEnd())
+        for tp in self.assigned:
+            self.consumer.seek(tp, self.epoch_start.get(tp.partition, 0))
