@@ -8,6 +8,15 @@ thread, sending single-event JSON requests at concurrency 1 and 8; then
 batched Arrow requests of 10k events; then single-event requests at
 concurrency 8 while new versions are published every half second (hot swap).
 
+Serve's proxy is one more hop and one more Python process per request, and on
+2 cores it, not the replica, sets the pace. Serve's own way around it is
+direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS``; in production behind
+Serve's HAProxy ingress): each ingress replica answers HTTP on a port of its
+own, with the same app and ``@serve.batch``. The flag only takes effect when
+it is in the environment Ray starts with, so this benchmark sets it before
+``ray.init``; the proxy, unchanged by it, answers the headline figures, and
+the same replica answers the ``direct_*`` ones on its own port.
+
 Top-level imports are the standard library only: the CLI imports this module
 to build its parser.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import os
 import socket
 import statistics
 import tempfile
@@ -113,6 +123,22 @@ def _json_phases(port: int, seconds: float) -> dict:
     return {"c1": c1, "c8": c8}
 
 
+def _arrow_phase(port: int, body: bytes, events: int, seconds: float) -> tuple[float, int]:
+    """Events scored per second and failed requests, with 2 clients sending ``events`` per Arrow request."""
+    from hepstream.serve.arrow_io import ARROW_STREAM
+
+    latencies, failures, _, elapsed = _load(port, "/v1/models/bench/predict", [body], {"Content-Type": ARROW_STREAM},
+                                            2, seconds)
+    return len(latencies) * events / elapsed, failures
+
+
+def _direct_ingress_env(port: int) -> dict[str, str]:
+    """Serve's direct ingress on exactly ``port``, draining briefly at shutdown (no client is left by then)."""
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5"}
+
+
 def _pick(result):
     latencies, _failures, _versions, elapsed = result
     return latencies, elapsed
@@ -149,10 +175,11 @@ def run(args) -> dict:
     import pyarrow as pa
     import ray
 
-    from hepstream.serve.arrow_io import ARROW_STREAM, write_stream
+    from hepstream.serve.arrow_io import write_stream
     from hepstream.serve.deployment import start_serve, stop_serve
 
     seconds = args.seconds
+    body = write_stream(pa.Table.from_pylist([_event(i) for i in range(args.arrow_events)]))
     with tempfile.TemporaryDirectory(prefix="hepstream-bench-serve-") as folder:
         root = Path(folder)
         _publish(root, "bench", seed=1)
@@ -164,23 +191,24 @@ def run(args) -> dict:
         try:
             _wait_ready(bare_port)
             bare_json = _json_phases(bare_port, seconds)
+            bare_arrow, _ = _arrow_phase(bare_port, body, args.arrow_events, seconds)
         finally:
             bare.terminate()
             bare.join(10)
 
-        # (a) the full Ray Serve app.
-        port = _free_port()
+        # (a) the full Ray Serve app, through its proxy; and the same replica on its direct ingress port.
+        port, direct_port = _free_port(), _free_port()
+        saved_env = dict(os.environ)
+        os.environ.update(_direct_ingress_env(direct_port))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
             start_serve(root, "bench", port=port, poll_interval_s=0.25)
             _wait_ready(port)
             ray_json = _json_phases(port, seconds)
-
-            rows = [_event(i) for i in range(args.arrow_events)]
-            table = pa.Table.from_pylist(rows)
-            body = write_stream(table)
-            arrow_latencies, arrow_failures, _, arrow_elapsed = _load(
-                port, "/v1/models/bench/predict", [body], {"Content-Type": ARROW_STREAM}, 2, seconds)
+            arrow, arrow_failures = _arrow_phase(port, body, args.arrow_events, seconds)
+            _wait_ready(direct_port)
+            direct_json = _json_phases(direct_port, seconds)
+            direct_arrow, _ = _arrow_phase(direct_port, body, args.arrow_events, seconds)
 
             # Hot swap: single-event requests at concurrency 8 while versions are published.
             stop = threading.Event()
@@ -203,6 +231,8 @@ def run(args) -> dict:
         finally:
             stop_serve()
             ray.shutdown()
+            os.environ.clear()
+            os.environ.update(saved_env)
 
     swap = _summary(swap_latencies, swap_elapsed)
     return {
@@ -216,8 +246,14 @@ def run(args) -> dict:
         "bare_c8_req_per_s": round(bare_json["c8"]["req_per_s"], 1),
         "ratio_vs_bare": round(ray_json["c8"]["req_per_s"] / bare_json["c8"]["req_per_s"], 3),
         "arrow_events_per_request": args.arrow_events,
-        "arrow_events_per_s": round(len(arrow_latencies) * args.arrow_events / arrow_elapsed),
+        "arrow_events_per_s": round(arrow),
         "arrow_failed_requests": arrow_failures,
+        "bare_arrow_events_per_s": round(bare_arrow),
+        "direct_c1_p50_ms": round(direct_json["c1"]["p50_ms"], 2),
+        "direct_c8_p99_ms": round(direct_json["c8"]["p99_ms"], 2),
+        "direct_c8_req_per_s": round(direct_json["c8"]["req_per_s"], 1),
+        "direct_ratio_vs_bare": round(direct_json["c8"]["req_per_s"] / bare_json["c8"]["req_per_s"], 3),
+        "direct_arrow_events_per_s": round(direct_arrow),
         "swap_versions_seen": len({v for vs in swap_versions for v in vs}),
         "swap_p99_ms": round(swap["p99_ms"], 2),
         "swap_max_latency_ms": round(swap["max_ms"], 2),

@@ -72,7 +72,7 @@ class HepstreamServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # both replaced by the settings in __init__
     async def score_batch(self, models: list[Any], batches: list[pa.RecordBatch]) -> list[Result | np.ndarray]:
-        return self.serving.score_many(list(zip(models, batches)))
+        return await self.serving.score_many_off_loop(list(zip(models, batches)))
 
 
 def start_serve(store_root: str | Path, model_name: str, settings: ServeConfig | None = None, **overrides: Any) -> str:

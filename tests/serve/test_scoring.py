@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -42,3 +44,23 @@ def test_a_batch_the_features_refuse_is_retried_request_by_request(store, standi
     good, bad = serving.score_many([(model, batch(standins, 1.0)), (model, batch(standins, 666.0))])
     assert good.tolist() == model.predict(batch(standins, 1.0)).tolist()
     assert isinstance(bad, RequestError) and (bad.status, bad.field) == (422, "MET_pt")
+
+
+def test_scores_are_computed_off_the_event_loop_thread(store, standins):
+    """A 10k-event batch scored on the loop would stall every other request for tens of milliseconds."""
+    threads = []
+
+    class Recording(standins.StandinModel):
+        def predict(self, events: pa.RecordBatch) -> np.ndarray:
+            threads.append(threading.get_ident())
+            return super().predict(events)
+
+    serving = Serving(store, "demo", ModelWatcher(store))
+    model = Recording("demo", 1, {})
+
+    async def score() -> tuple[int, np.ndarray]:
+        return threading.get_ident(), await serving.score(model, batch(standins, 1.0, 2.0))
+
+    loop_thread, scores = asyncio.run(score())
+    assert scores.tolist() == model.predict(batch(standins, 1.0, 2.0)).tolist()
+    assert threads[0] != loop_thread
