@@ -112,6 +112,8 @@ class ProducerConfig(_Section):
     step_size: ByteSize = Field(default=2_000_000, description="Uncompressed bytes of branch data per chunk")
     max_chunk_events: int = Field(default=50_000, ge=1)
     files_in_flight: int = Field(default=2, ge=1, le=256, description="Files read at once, one thread each")
+    ray_tasks: int = Field(default=0, ge=0, le=4096,
+                           description="Ray worker processes publishing files side by side; 0: threads of this process")
     max_in_flight_bytes: ByteSize = Field(default=64_000_000, description="Encoded bytes sent but not yet acknowledged")
     manifest: Path | None = Field(default=None, description="JSON-lines record of acknowledged chunks, for resuming")
     retries: int = Field(default=4, ge=0, description="Retries of a file after transient read errors")

@@ -9,10 +9,11 @@ skip a message without decoding it. ``docs/wire-format.md`` is the spec.
 
 from __future__ import annotations
 
-import io
+import json
 from dataclasses import dataclass
 
 import awkward as ak
+import numpy as np
 import pyarrow as pa
 
 FORMAT_VERSION = 1
@@ -70,7 +71,18 @@ class Chunk:
 
 
 def awkward_to_batch(array: ak.Array) -> pa.RecordBatch:
-    """Awkward record array (as uproot reads it) to one Arrow batch with plain, 32-bit-offset lists."""
+    """Awkward record array (as uproot reads it) to one Arrow batch with plain, 32-bit-offset lists.
+
+    The columns uproot gives for numeric branches, flat or jagged, are handed
+    to Arrow directly, sharing awkward's buffers (only jagged offsets are
+    narrowed to 32 bits); ``ak.to_arrow_table`` takes anything else. Both give
+    the same batch, schema and metadata included, so the same message bytes:
+    the direct route only skips per-column Python work (on NanoAOD-like
+    chunks, 4 ms instead of 10 ms per 125,000 events, some 8 % of reading).
+    """
+    direct = _numeric_record_batch(array.layout)
+    if direct is not None:
+        return direct
     table = ak.to_arrow_table(array, extensionarray=False, list_to32=True, string_to32=True)
     batches = table.combine_chunks().to_batches()
     if not batches:
@@ -78,9 +90,62 @@ def awkward_to_batch(array: ak.Array) -> pa.RecordBatch:
     return batches[0]
 
 
-def encode(chunk: Chunk, compression: str | None = "zstd") -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """Return ``(key, value, headers)`` ready for ``KafkaProducer.send``."""
-    sink = io.BytesIO()
+def _record_metadata(record) -> dict:
+    """The schema metadata ``ak.to_arrow_table`` writes for a record array without options or parameters.
+
+    awkward serialises the record's raw parameters, ``None`` or ``{}`` as the
+    layout happens to hold them, and its ``parameters`` property turns a
+    ``None`` into ``{}``: so this module reads ``_parameters`` only.
+    """
+    parameters = [{"optiontype_fields": []}, {"record_is_scalar": False}, {"RecordArray": record._parameters}]
+    return {"ak:parameters": json.dumps(parameters)}
+
+
+def _numbers(layout, start: int = 0, stop: int | None = None) -> pa.Array | None:
+    """Entries ``[start, stop)`` of a one-dimensional numeric NumpyArray, over the same memory; else ``None``."""
+    if not isinstance(layout, ak.contents.NumpyArray) or layout._parameters:
+        return None
+    data = layout.data[start:stop]
+    if data.ndim != 1 or data.dtype.kind not in "iuf" or not data.dtype.isnative or not data.flags.c_contiguous:
+        return None
+    return pa.Array.from_buffers(pa.from_numpy_dtype(data.dtype), len(data), [None, pa.py_buffer(data)])
+
+
+def _column(layout) -> pa.Array | None:
+    """A flat or singly-jagged numeric column exactly as ``ak.to_arrow`` gives it (offsets from 0); else ``None``."""
+    if not isinstance(layout, ak.contents.ListOffsetArray):
+        return _numbers(layout)
+    offsets = layout.offsets.data
+    start, stop = int(offsets[0]), int(offsets[-1])
+    values = None if layout._parameters else _numbers(layout.content, start, stop)
+    if values is None or stop - start >= 2**31:
+        return None
+    offsets32 = (offsets - start if start else offsets).astype(np.int32)
+    item = pa.list_(pa.field("item", values.type, nullable=False))
+    return pa.Array.from_buffers(item, layout.length, [None, pa.py_buffer(offsets32)], children=[values])
+
+
+def _numeric_record_batch(layout) -> pa.RecordBatch | None:
+    if not isinstance(layout, ak.contents.RecordArray) or layout._parameters or layout.is_tuple:
+        return None
+    columns = [_column(content) for content in layout.contents]
+    if not columns or any(c is None or len(c) != layout.length for c in columns):
+        return None
+    fields = [pa.field(name, c.type, nullable=False) for name, c in zip(layout.fields, columns)]
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, metadata=_record_metadata(layout)))
+
+
+def encode(chunk: Chunk, compression: str | None = "zstd") -> tuple[bytes, memoryview, list[tuple[str, bytes]]]:
+    """Return ``(key, value, headers)`` ready for ``KafkaProducer.send``.
+
+    The value is a read-only byte view of the Arrow buffer the IPC stream was
+    written to (it compares equal to the same ``bytes``): copying megabytes
+    into a ``bytes`` object would hold the GIL the reader threads need.
+    """
+    # Written by Arrow without the GIL and handed on without a copy. From the system allocator, not Arrow's
+    # pool: a producer's message buffers then go back to the system once Kafka has copied them (in
+    # `hepstream bench produce`, about 30 MB less peak memory for 2 % more CPU).
+    sink = pa.BufferOutputStream(memory_pool=pa.system_memory_pool())
     options = pa.ipc.IpcWriteOptions(compression=None if compression in (None, "none") else compression)
     with pa.ipc.new_stream(sink, chunk.batch.schema, options=options) as writer:
         writer.write_batch(chunk.batch)
@@ -96,7 +161,8 @@ def encode(chunk: Chunk, compression: str | None = "zstd") -> tuple[bytes, bytes
     }
     if chunk.label is not None:
         headers["label"] = str(chunk.label)
-    return chunk.id.key(), sink.getvalue(), [(name, value.encode()) for name, value in headers.items()]
+    value = memoryview(sink.getvalue()).cast("B").toreadonly()
+    return chunk.id.key(), value, [(name, text.encode()) for name, text in headers.items()]
 
 
 def _header_map(headers) -> dict[str, str]:

@@ -11,6 +11,12 @@ event once skip the duplicate by key (docs/wire-format.md).
 With no path, the manifest lives in memory: the same bookkeeping serves
 retries within one run.
 
+A run spread over Ray tasks gives each task a file of its own beside the
+run's (``<manifest>.task-<k>``, :func:`task_path`), so no two processes
+append to one file. Every manifest of the family is read at start, whoever
+wrote it: a restart skips what any of them holds, whether it runs with as
+many tasks as before, with other counts, or in one process.
+
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.jsonl"
 >>> with Manifest(path, "t.events", "fp") as m:
@@ -23,6 +29,7 @@ retries within one run.
 
 from __future__ import annotations
 
+import glob
 import json
 import threading
 from collections import defaultdict
@@ -38,8 +45,26 @@ class ManifestError(ConfigError):
     """A manifest that belongs to another topic or another selection, or that cannot be read."""
 
 
+def task_path(path: Path, task: int) -> Path:
+    """The manifest that Ray task ``task`` of a distributed run appends to, beside the run's own."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.task-{task}")
+
+
+def family(path: Path) -> list[Path]:
+    """The run's manifest and every task manifest beside it, those that exist."""
+    path = Path(path)
+    tasks = sorted(Path(p) for p in glob.glob(f"{glob.escape(str(path))}.task-*"))
+    return [p for p in (path, *tasks) if p.exists()]
+
+
 class Manifest:
-    def __init__(self, path: Path | None, topic: str, fingerprint: str):
+    """Appends to ``path`` and skips what it or any other manifest of its family (:func:`family`) holds.
+
+    ``family_of`` names the run's own manifest when ``path`` is a task's.
+    """
+
+    def __init__(self, path: Path | None, topic: str, fingerprint: str, family_of: Path | None = None):
         self.path = None if path is None else Path(path)
         self._lock = threading.Lock()
         self._ranges: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
@@ -48,30 +73,35 @@ class Manifest:
         header = {"manifest": VERSION, "topic": topic, "fingerprint": fingerprint}
         if self.path is None:
             return
+        for other in family(family_of or self.path):
+            if other != self.path and other.stat().st_size:
+                self._load(other, header, owned=False)
         if self.path.exists() and self.path.stat().st_size:
-            self._load(header)
+            self._load(self.path, header, owned=True)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(header) + "\n")
         self._file = self.path.open("a")
 
-    def _load(self, header: dict) -> None:
-        text = self.path.read_text()
-        if not text.endswith("\n"):  # a line cut short by a killed process
+    def _load(self, path: Path, header: dict, owned: bool) -> None:
+        """Remember every chunk ``path`` records; a last line cut short by a killed process is dropped (cut, if ours)."""
+        text = path.read_text()
+        if not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]
-            self.path.write_text(text)
+            if owned:
+                path.write_text(text)
         lines = text.splitlines()
         try:
             found = json.loads(lines[0])
             records = [json.loads(line) for line in lines[1:]]
         except (IndexError, ValueError) as error:
-            raise ManifestError(f"manifest {self.path}: not a hepstream manifest ({error})") from None
+            raise ManifestError(f"manifest {path}: not a hepstream manifest ({error})") from None
         for name in ("manifest", "topic", "fingerprint"):
             if found.get(name) != header[name]:
                 raise ManifestError(
-                    f"manifest {self.path} was written with {name} {found.get(name)!r}, this run has {header[name]!r}: "
+                    f"manifest {path} was written with {name} {found.get(name)!r}, this run has {header[name]!r}: "
                     "resuming would publish chunks with other boundaries or to another topic; "
-                    "delete the manifest or set producer.manifest to another path"
+                    "delete the manifest (and its .task-* siblings) or set producer.manifest to another path"
                 )
         for record in records:
             self._remember(ChunkId.from_key(record["key"].encode()))

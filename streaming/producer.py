@@ -2,7 +2,8 @@
 
 Several files are read at once, one thread each (uproot's decompression,
 Arrow's encoding and the socket release the GIL), and each file's chunks are
-sent in entry order. Chunk ``k`` of file ``f`` goes to partition
+sent in entry order; :mod:`hepstream.streaming.distributed` spreads files over
+Ray worker processes, each running a :class:`Producer`. Chunk ``k`` of file ``f`` goes to partition
 ``(f + k) % partitions``: every partition, and so every trainer, sees all
 classes of a per-file labelled dataset interleaved, and a chunk sent again
 after a restart lands where it went the first time, under the same key.
@@ -34,7 +35,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from hepstream import wire
 from hepstream.config import Config, ConfigError, FileSpec, KafkaConfig
 from hepstream.expressions import ExpressionError
-from hepstream.streaming.manifest import Manifest
+from hepstream.streaming.manifest import Manifest, task_path
 from hepstream.streaming.progress import Progress
 from hepstream.streaming.reader import (FileReader, ReadChunk, ReadPlan, SourceError, check_selection,
                                         configure_remote_timeouts)
@@ -204,6 +205,36 @@ def split_to_fit(read: ReadChunk, limit: int, compression: str) -> Iterator[tupl
                                 limit, compression)
 
 
+def preflight(sources: list[Source], plan: ReadPlan) -> None:
+    """Try cuts and definitions on the first entries of the first readable file; raise if they cannot work."""
+    if not plan.selection.filters:
+        return
+    for source in sources:
+        try:
+            check_selection(source, plan, _PREFLIGHT_ENTRIES)
+            return
+        except (UnknownBranch, ExpressionError) as error:
+            raise ConfigError(f"{source.url}: {error}") from None
+        except (SourceError, OSError, ValueError) as error:
+            log.warning("cannot check the selection on %s (%s); trying the next file", source.url, error)
+
+
+def prepare(config: Config, bootstrap: str, plan: ReadPlan,
+            files: list[FileSpec] | None = None) -> tuple[list[Source], ProduceReport]:
+    """What every run does before reading: resolve the inputs, check the selection, create the topic.
+
+    The report lists one entry per source, in order, then each input that
+    names no file, already failed.
+    """
+    sources, unmatched = resolve(config.dataset, files)
+    preflight(sources, plan)
+    kafka = config.kafka
+    ensure_topic(bootstrap, config.dataset.topic, kafka.partitions, kafka.max_message_bytes, kafka)
+    report = ProduceReport(config.dataset.topic, [FileReport(s.url, s.sample) for s in sources])
+    report.files += [FileReport(pattern, error=reason) for pattern, reason in unmatched]
+    return sources, report
+
+
 class _ByteBudget:
     """Bytes handed to Kafka but not acknowledged yet; senders wait beyond ``limit`` (one message always passes)."""
 
@@ -255,14 +286,9 @@ class Producer:
     def run(self, files: list[FileSpec] | None = None) -> ProduceReport:
         """Publish every input (``files``, else the dataset's own), skipping what the manifest holds."""
         started = time.monotonic()
-        sources, unmatched = resolve(self.config.dataset, files)
-        self._preflight(sources)
-        kafka = self.config.kafka
-        ensure_topic(self.bootstrap, self.topic, kafka.partitions, kafka.max_message_bytes, kafka)
-        report = ProduceReport(self.topic, [FileReport(s.url, s.sample) for s in sources])
-        report.files += [FileReport(pattern, error=reason) for pattern, reason in unmatched]
+        sources, report = prepare(self.config, self.bootstrap, self.plan, files)
         self.progress.start(len(report.files))
-        with Manifest(self.config.producer.manifest, self.topic, fingerprint(self.config)) as manifest:
+        with self.open_manifest() as manifest:
             for _ in self._pool.map(self._publish_file, range(len(sources)), sources, report.files,
                                     [manifest] * len(sources)):
                 pass
@@ -272,18 +298,19 @@ class Producer:
         report.elapsed_s = time.monotonic() - started
         return report
 
-    def _preflight(self, sources: list[Source]) -> None:
-        """Try cuts and definitions on the first entries of the first readable file; raise if they cannot work."""
-        if not self.plan.selection.filters:
-            return
-        for source in sources:
-            try:
-                check_selection(source, self.plan, _PREFLIGHT_ENTRIES)
-                return
-            except (UnknownBranch, ExpressionError) as error:
-                raise ConfigError(f"{source.url}: {error}") from None
-            except (SourceError, OSError, ValueError) as error:
-                log.warning("cannot check the selection on %s (%s); trying the next file", source.url, error)
+    def open_manifest(self, task: int | None = None) -> Manifest:
+        """The run's manifest, or Ray task ``task``'s own beside it; either skips what the other holds."""
+        path = self.config.producer.manifest
+        if task is not None and path is not None:
+            return Manifest(task_path(path, task), self.topic, fingerprint(self.config), family_of=path)
+        return Manifest(path, self.topic, fingerprint(self.config))
+
+    def publish_file(self, index: int, source: Source, manifest: Manifest) -> FileReport:
+        """Publish the run's ``index``-th source and wait until it is acknowledged: for callers that hand out files."""
+        report = FileReport(source.url, source.sample)
+        self._publish_file(index, source, report, manifest)
+        self._producer.flush()
+        return report
 
     def _publish_file(self, index: int, source: Source, report: FileReport, manifest: Manifest) -> None:
         kafka = self.config.kafka

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import awkward as ak
 import numpy as np
 import uproot
 
@@ -169,11 +170,11 @@ class FileReader:
             self.next_entry = min(start, total)
             if start >= total:
                 return
-            arrays_iter = tree.iterate(list(file_plan.read), step_size=step, entry_start=start, report=True)
-            for arrays, report in arrays_iter:
+            arrays_iter = tree.iterate(list(file_plan.read), step_size=step, entry_start=start, report=True, how=dict)
+            for columns, report in arrays_iter:
                 chunk_id = ChunkId(file_uuid, self.source.tree, int(report.tree_entry_start), int(report.tree_entry_stop))
                 if not self.finished(chunk_id):
-                    yield self._chunk(chunk_id, arrays, file_plan, chunk_id.entry_start // step)
+                    yield self._chunk(chunk_id, _record(columns), file_plan, chunk_id.entry_start // step)
                 self.next_entry = chunk_id.entry_stop
 
     def _chunk(self, chunk_id: ChunkId, arrays, file_plan: FilePlan, index: int) -> ReadChunk:
@@ -185,6 +186,15 @@ class FileReader:
         entries = None if rows is None else rows + chunk_id.entry_start
         return ReadChunk(chunk, index, entries)
 
+
+
+def _record(columns: dict[str, ak.Array]) -> ak.Array:
+    """uproot's branches of one step as a record array, the same ``uproot.iterate`` would give.
+
+    Built from the layouts directly: ``ak.Array`` of the dict re-checks each
+    column, a few percent of the producer's time on NanoAOD-like files.
+    """
+    return ak.Array(ak.contents.RecordArray([column.layout for column in columns.values()], list(columns)))
 
 
 def check_selection(source: Source, plan: ReadPlan, entries: int) -> None:

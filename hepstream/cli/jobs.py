@@ -64,12 +64,18 @@ def run_produce(args) -> int:
         raise ConfigError("dataset.files, dataset.file_list and dataset.samples are all empty: nothing to produce")
     tune_malloc_for_chunks()
     progress = progress_for(every_s=config.producer.progress_every_s)
+    bootstrap = _require_bootstrap(bootstrap)
     try:
-        producer = Producer(config, _require_bootstrap(bootstrap), progress=progress)
-        try:
-            report = producer.run()
-        finally:
-            producer.close()
+        if config.producer.ray_tasks:
+            from hepstream.streaming.distributed import produce_on_ray
+
+            report = produce_on_ray(config, bootstrap, progress=progress)
+        else:
+            producer = Producer(config, bootstrap, progress=progress)
+            try:
+                report = producer.run()
+            finally:
+                producer.close()
     except BrokerUnavailable as error:
         print(f"hepstream produce: {error}", file=sys.stderr)
         return 3

@@ -1,0 +1,162 @@
+"""Publish a dataset from several Ray worker processes, so a cluster's nodes read its files side by side.
+
+Threads in one process share its GIL and its network link; on a cluster the
+files are spread over ``producer.ray_tasks`` Ray actors instead, each a
+:class:`~hepstream.streaming.producer.Producer` in a worker process of its
+own, reading ``producer.files_in_flight`` files at once. The driver hands out
+one file at a time to whichever actor has room: grid files differ in size by
+orders of magnitude, and a share fixed in advance would leave most workers
+idle behind the one that drew the largest. Each finished file comes back as
+its :class:`~hepstream.streaming.producer.FileReport`, so the driver shows
+progress per file and merges the reports into one.
+
+Everything that depends on the files' order is decided as in one process:
+the driver resolves the inputs once and the run's ``index``-th file keeps its
+partitions (``(index + k) % partitions``) and its chunk keys, whichever actor
+publishes it and however many there are. Actor ``k`` appends to its own
+manifest, ``<producer.manifest>.task-<k>``, and skips what any manifest of the
+family holds, so a restart with another task count, or in one process,
+re-sends nothing that was acknowledged.
+
+A file whose actor dies (a node lost, a worker killed) is reported failed
+with Ray's reason; the files still waiting go to the actors left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from hepstream.config import Config, ConfigError, FileSpec
+from hepstream.streaming.producer import (FileReport, ProduceReport, Producer, prepare, read_plan,
+                                          tune_malloc_for_chunks)
+from hepstream.streaming.progress import Progress
+from hepstream.streaming.sources import Source
+
+try:
+    import ray
+    from ray.exceptions import RayActorError, RayError, RayTaskError
+except ImportError:  # pragma: no cover - ray is a dependency; the message is for trimmed installs
+    raise ConfigError("producer.ray_tasks > 0 publishes from Ray actors and Ray is not installed "
+                      "(pip install 'ray[serve]'), or set producer.ray_tasks: 0") from None
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=1)
+class _Publisher:
+    """One worker process publishing the files it is handed; ``task`` names its manifest."""
+
+    def __init__(self, config: Config, bootstrap: str, task: int):
+        tune_malloc_for_chunks()  # the worker process is the producer's own, as under `hepstream produce`
+        self._producer = Producer(config, bootstrap)
+        self._manifest = self._producer.open_manifest(task)
+
+    def ready(self) -> None:
+        """Answers once the constructor has run, so the driver hands files only to actors that started."""
+
+    def publish(self, index: int, source: Source) -> FileReport:
+        return self._producer.publish_file(index, source, self._manifest)
+
+    def close(self) -> None:
+        self._manifest.close()
+        self._producer.close()
+
+
+def _reason(error: RayError) -> str:
+    """The cause's own message, not Ray's wrapping of it with a remote traceback."""
+    cause = error.cause if isinstance(error, RayTaskError) else error
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__
+
+
+def produce_on_ray(config: Config, bootstrap: str, files: list[FileSpec] | None = None,
+                   progress: Progress | None = None) -> ProduceReport:
+    """Publish every input from ``producer.ray_tasks`` Ray actors; one report, as :meth:`Producer.run` gives.
+
+    Joins the Ray cluster already initialised, else the one ``RAY_ADDRESS``
+    names (as under ``ray job submit``), else starts Ray on this machine and
+    stops it at the end.
+    """
+    started = time.monotonic()
+    progress = progress or Progress()
+    sources, report = prepare(config, bootstrap, read_plan(config), files)
+    progress.start(len(report.files))
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(include_dashboard=False, logging_level="WARNING")
+    try:
+        _dispatch(config, bootstrap, sources, report, progress)
+    finally:
+        if own_ray:
+            ray.shutdown()
+    for failed in report.files[len(sources):]:
+        progress.file_done(failed.url, failed.error)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: ProduceReport, progress: Progress) -> None:
+    """Keep every started actor ``files_in_flight`` files busy until none is left; fill ``report`` as files finish.
+
+    Files go only to actors that have started: one that finds no free CPU
+    (a busy or small cluster) gets none, rather than holding files it will
+    never publish, and is stopped at the end.
+    """
+    per_actor = config.producer.files_in_flight
+    starting = {}  # ready() ObjectRef -> actor
+    for task in range(min(config.producer.ray_tasks, len(sources))):
+        options = {"max_concurrency": per_actor, "scheduling_strategy": "SPREAD"}
+        actor = _Publisher.options(**options).remote(config, bootstrap, task)
+        starting[actor.ready.remote()] = actor
+    started, waiting, running = [], deque(enumerate(sources)), {}  # running: ObjectRef -> (actor, index)
+    last_death = "no Ray actor started"
+
+    def hand_out(actor) -> None:
+        if waiting:
+            index, source = waiting.popleft()
+            running[actor.publish.remote(index, source)] = (actor, index)
+
+    while running or (waiting and starting):
+        (done,), _ = ray.wait([*running, *starting], num_returns=1)
+        if done in starting:
+            actor = starting.pop(done)
+            try:
+                ray.get(done)
+            except RayError as error:
+                last_death = f"a Ray actor could not start: {_reason(error)}"
+                log.error("%s", last_death)
+                continue
+            started.append(actor)
+            for _ in range(per_actor):
+                hand_out(actor)
+            continue
+        actor, index = running.pop(done)
+        try:
+            report.files[index] = ray.get(done)
+            hand_out(actor)
+        except RayActorError as error:  # the actor is gone: its other files fail too, as they come back
+            last_death = f"the Ray actor publishing it died: {_reason(error)}"
+            report.files[index].error = last_death
+            started = [a for a in started if a is not actor]
+        except RayError as error:
+            report.files[index].error = f"publishing failed in a Ray actor: {_reason(error)}"
+            hand_out(actor)
+        _file_finished(report.files[index], progress)
+    for index, _ in waiting:
+        report.files[index].error = f"not published: {last_death}"
+        _file_finished(report.files[index], progress)
+    try:  # each actor flushes its producer and closes its manifest: every file above is acknowledged already
+        ray.get([actor.close.remote() for actor in started])
+    except RayError as error:
+        log.warning("a Ray actor failed while closing: %s", _reason(error))
+    for actor in starting.values():
+        ray.kill(actor)
+
+
+def _file_finished(finished: FileReport, progress: Progress) -> None:
+    if finished.error:
+        log.error("skipping %s: %s", finished.url, finished.error)
+    progress.advance(finished.events, finished.bytes)
+    progress.file_done(finished.url, finished.error)
