@@ -213,6 +213,9 @@ class TrainingConfig(_Section):
     dead_letter: bool = Field(default=True, description="Send undecodable messages to <dataset>.dead-letter")
     drift_delta: float = Field(default=0.002, gt=0, lt=1, description="ADWIN confidence on the loss stream")
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus metrics port (127.0.0.1)")
+    workers: int = Field(default=1, ge=1, description="Trainer workers (Ray actors) sharing the topic's partitions, "
+                         "parameters averaged between rounds")
+    round_groups: int = Field(default=1, ge=1, description="Groups each worker learns per round before averaging")
 
     @field_validator("start")
     @classmethod
@@ -295,6 +298,18 @@ class Config(_Section):
                 f"producer.step_size ({self.producer.step_size} B) exceeds "
                 f"kafka.max_message_bytes ({self.kafka.max_message_bytes} B)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_can_average(self) -> Config:
+        if self.training.workers == 1:
+            return self
+        if self.model.kind in ("logistic", "hoeffding_tree", "arf"):
+            raise ValueError(f"training.workers is {self.training.workers}, but a River model "
+                             f"({self.model.kind!r}) has no parameters to average: set training.workers: 1")
+        if self.training.epochs > 1:
+            raise ValueError(f"training.workers > 1 follows the live stream only: set training.epochs: 1 "
+                             f"(got {self.training.epochs})")
         return self
 
 

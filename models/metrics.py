@@ -16,6 +16,8 @@ the one-vs-rest AUCs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 _EPS = 1e-7
@@ -124,6 +126,23 @@ class PrequentialMetrics:
         self._next = (self._next + len(labels)) % self.window
         self._filled = min(self.window, self._filled + len(labels))
         return losses
+
+    @classmethod
+    def merged(cls, parts: Sequence[PrequentialMetrics]) -> PrequentialMetrics:
+        """Several learners' metrics as one (data-parallel workers): the stream sums add up, and the window
+        holds an equal share of each part's latest events."""
+        merged = cls(parts[0].window, parts[0].classes)
+        share = merged.window // len(parts)
+        for part in parts:
+            recent = (part._next - part._filled + np.arange(part._filled)) % part.window  # oldest first
+            recent = recent[max(0, len(recent) - share):]
+            merged.update(part._scores[recent], part._labels[recent])
+        merged.events = sum(p.events for p in parts)
+        merged.loss_sum = sum(p.loss_sum for p in parts)
+        merged.correct = sum(p.correct for p in parts)
+        merged._overall_auc.positive = sum(p._overall_auc.positive for p in parts)
+        merged._overall_auc.negative = sum(p._overall_auc.negative for p in parts)
+        return merged
 
     def summary(self) -> dict:
         if self.events == 0:

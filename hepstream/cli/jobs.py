@@ -84,17 +84,41 @@ def run_produce(args) -> int:
     return 1 if report.failed else 0
 
 
+def _data_parallel_trainer(config: Config, bootstrap: str):
+    """With ``training.workers`` > 1 the workers are Ray actors: this joins the cluster of a Ray job
+    (or ``RAY_ADDRESS``), else starts Ray on this machine."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"training.workers is {config.training.workers}: the workers are Ray actors and Ray is "
+                          "not installed (pip install 'ray[serve]'), or set training.workers: 1") from None
+    from hepstream.models.actor import data_parallel_trainer
+
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    return data_parallel_trainer(config, bootstrap)
+
+
 def run_train(args) -> int:
     from hepstream.models.trainer import StreamTrainer
 
     config, bootstrap = _load(args)
-    trainer = StreamTrainer(config, _require_bootstrap(bootstrap))
+    bootstrap = _require_bootstrap(bootstrap)
+    if config.training.workers > 1:
+        trainer = _data_parallel_trainer(config, bootstrap)
+    else:
+        trainer = StreamTrainer(config, bootstrap)
     if config.training.metrics_port is not None:
         from hepstream.models.monitoring import serve_metrics
 
         _, port = serve_metrics(config.model.name, trainer.status, config.training.metrics_port)
         print(f"trainer metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
-    trainer.run(_wait_for_signal())
+    try:
+        trainer.run(_wait_for_signal())
+    finally:
+        if config.training.workers > 1:
+            import ray
+
+            ray.shutdown()
     print(json.dumps(trainer.status(), indent=1, default=str))
     return 0
 

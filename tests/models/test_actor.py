@@ -12,14 +12,6 @@ from tests.helpers import pipeline_config
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
 def test_torch_and_river_models_train_through_the_same_actor(ray_session, broker, unique_topic, tmp_path):
     from hepstream.models.actor import spawn_trainer
 

@@ -1,0 +1,341 @@
+"""Several trainer workers on one topic, one model lineage: synchronous parameter averaging between rounds.
+
+Each worker is a :class:`~hepstream.models.trainer.StreamTrainer` on its own
+partitions. In a round every worker learns up to ``training.round_groups``
+groups of ``chunks_per_step`` chunks (a worker with nothing to read learns
+nothing and waits for the next round); then the coordinator averages the
+model and Adam state of the workers that learned, weighted by the events each
+learned, pools their feature statistics exactly (Chan's merge, never an average
+of variances), and sends the result back to every worker. Between two rounds
+all workers hold the same model and have learned exactly the messages before
+their offsets, so that is where a version is published: one version with every
+worker's offsets, chunk keys and summed counters. A restarted coordinator
+splits the partitions again and every worker seeks its partitions to that
+version's offsets: the exactly-once argument of the single trainer carries over.
+
+Why not DDP (Ray Train's TorchTrainer): it all-reduces gradients at every
+optimiser step, so the slowest partition paces every step and a worker with no
+data stalls the others; checkpoints would need a barrier across a process group
+anyway. Partitions fill at different rates, and averaging once per round
+tolerates that, needs no process group, and runs unchanged on CPU and GPU.
+
+This module imports no Ray: the coordinator drives its workers through a
+*pool* (``start(splits)``, ``call(method, *args)`` on every worker,
+``call_one(index, method, *args)``, ``close()``); :mod:`hepstream.models.actor`
+provides one made of Ray actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from kafka import KafkaConsumer
+
+from hepstream.config import Config
+from hepstream.models.metrics import PrequentialMetrics
+from hepstream.models.store import ModelStore
+from hepstream.models.trainer import COUNTERS, StreamTrainer
+
+log = logging.getLogger(__name__)
+
+
+def _zip_walk(parts: Sequence, leaf: Callable[[Sequence], object], path: str = "state"):
+    """Walk equally shaped nested dicts/lists/tuples together, combining their leaves with ``leaf``."""
+    first = parts[0]
+    if isinstance(first, dict):
+        for other in parts[1:]:
+            if other.keys() != first.keys():
+                raise ValueError(f"workers' states differ at {path}: keys {sorted(first)} vs {sorted(other)}")
+        return {key: _zip_walk([p[key] for p in parts], leaf, f"{path}.{key}") for key in first}
+    if isinstance(first, (list, tuple)):
+        if any(len(other) != len(first) for other in parts[1:]):
+            raise ValueError(f"workers' states differ in length at {path}")
+        return type(first)(_zip_walk([p[i] for p in parts], leaf, f"{path}[{i}]") for i in range(len(first)))
+    return leaf(parts)
+
+
+def on_cpu(state):
+    """A state dict with its tensors moved to the CPU, so that it travels to a coordinator without a GPU."""
+    import torch
+
+    return _zip_walk([state], lambda leaf: leaf[0].cpu() if isinstance(leaf[0], torch.Tensor) else leaf[0])
+
+
+def average_states(states: Sequence, weights: Sequence[float]):
+    """The weighted mean of every floating-point tensor of equally shaped state dicts.
+
+    Applied to a torch estimator's state, this averages the parameters and
+    Adam's moments and step counts alike, so the optimiser goes on from the
+    state the averaged model would have had. Other leaves (integers,
+    hyper-parameters, the gradient scaler's scale) are taken from the state
+    with the largest weight.
+    """
+    import torch
+
+    weights = [float(w) for w in weights]
+    total = sum(weights)
+    if len(states) != len(weights) or not states or total <= 0:
+        raise ValueError(f"need one positive-sum weight per state, got {len(states)} states and weights {weights}")
+    heaviest = int(np.argmax(weights))
+
+    def leaf(values):
+        first = values[0]
+        if isinstance(first, torch.Tensor) and first.is_floating_point():
+            mean = sum(w * v.double() for w, v in zip(weights, values) if w) / total
+            return mean.to(first.dtype)
+        return values[heaviest]
+
+    return _zip_walk(states, leaf)
+
+
+def pool_features(base: dict, totals: Sequence[dict]) -> dict:
+    """Pool workers' normalisation statistics that all started from ``base`` (a ``FeaturePipeline.state_dict``).
+
+    Each worker's count, mean and sum of squared deviations cover ``base``
+    plus what it learned. Around the pooled mean, the pooled sum of squares
+    is the sum of the workers' minus the base's counted once per extra
+    worker (inclusion-exclusion), which is exact and keeps the sums centred.
+    """
+    extra = len(totals) - 1
+    c0, m0, s0 = (np.asarray(base[k], dtype=np.float64) for k in ("count", "mean", "m2"))
+    counts = np.array([t["count"] for t in totals], dtype=np.float64)
+    means = np.array([t["mean"] for t in totals], dtype=np.float64)
+    squares = np.array([t["m2"] for t in totals], dtype=np.float64)
+    count = counts.sum(axis=0) - extra * c0
+    weighted = (counts * means).sum(axis=0) - extra * c0 * m0
+    mean = np.divide(weighted, count, out=np.zeros_like(count), where=count > 0)
+    m2 = (squares + counts * (means - mean) ** 2).sum(axis=0) - extra * (s0 + c0 * (m0 - mean) ** 2)
+    sources = set(base.get("jagged_sources", ())).union(*(t.get("jagged_sources", ()) for t in totals))
+    return {"count": count.tolist(), "mean": mean.tolist(), "m2": np.maximum(m2, 0.0).tolist(),
+            "jagged_sources": sorted(sources)}
+
+
+def merged_drift(summaries: Sequence[dict]) -> dict:
+    """Every worker's drift detections (``LossDrift.summary``): each watches the loss of its own partitions."""
+    latest = sorted((event for s in summaries for event in s["latest"]), key=lambda event: event["time"])
+    return {"detections": sum(s["detections"] for s in summaries), "latest": latest[-5:]}
+
+
+def split_partitions(partitions: Sequence[int], workers: int) -> list[list[int]]:
+    """Partitions dealt round-robin to at most ``workers`` workers; none gets an empty share.
+
+    >>> split_partitions([0, 1, 2], 2), split_partitions([0], 2)
+    ([[0, 2], [1]], [[0]])
+    """
+    ordered = sorted(partitions)
+    if len(ordered) < workers:
+        log.warning("training.workers is %d but the topic has %d partition(s): running %d worker(s)",
+                    workers, len(ordered), len(ordered))
+    return [ordered[i::workers] for i in range(min(workers, len(ordered)))]
+
+
+def topic_partitions(bootstrap: str, topic: str, stop: threading.Event, wait_s: float) -> list[int]:
+    """The topic's partitions, waiting up to ``wait_s`` for a producer to create it."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + wait_s
+        while not (found := consumer.partitions_for_topic(topic)):
+            if stop.is_set() or time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic!r} does not exist on {bootstrap} after {wait_s:.0f} s")
+            time.sleep(0.2)
+        return sorted(found)
+    finally:
+        consumer.close()
+
+
+class RoundWorker:
+    """A stream trainer on its own partitions that learns one round at a time when its coordinator says so."""
+
+    def __init__(self, config: Config, bootstrap: str, partitions: list[int]):
+        self.trainer = StreamTrainer(config, bootstrap, partitions)
+        # Counted from this worker's start; the coordinator adds the resumed version's totals once.
+        self.trainer.counters = dict.fromkeys(COUNTERS, 0)
+        self.consumer: KafkaConsumer | None = None
+
+    def open(self, topic_wait_s: float) -> dict:
+        """Assign and seek this worker's partitions; returns its starting point, which every worker shares."""
+        trainer = self.trainer
+        mine = set(trainer.partitions)
+        # The resumed version holds every worker's offsets; this worker owns, seeks and commits only its own.
+        trainer.offsets = {p: o for p, o in trainer.offsets.items() if p in mine}
+        trainer.epoch_start = {p: o for p, o in trainer.epoch_start.items() if p in mine}
+        self.consumer = trainer.consumer()
+        trainer.assign(self.consumer, threading.Event(), topic_wait_s)
+        learner = trainer.learner
+        return {"checkpoint": learner.estimator.checkpoint, "features": learner.features.state_dict(),
+                "events_seen": learner.events_seen, "offsets": dict(trainer.offsets)}
+
+    def _group(self, size: int, wait_s: float) -> list:
+        """Up to ``size`` messages: none when a first short poll finds none, else what arrives within ``wait_s``."""
+        group: list = []
+        deadline = None
+        while len(group) < size:
+            for records in self.consumer.poll(timeout_ms=100, max_records=size - len(group)).values():
+                group.extend(records)
+            if not group:
+                break
+            deadline = deadline or time.monotonic() + wait_s
+            if time.monotonic() >= deadline:
+                break
+        return group
+
+    def learn_round(self, groups: int) -> dict:
+        """Learn up to ``groups`` groups; the report carries the model state only when events were learned."""
+        trainer, training = self.trainer, self.trainer.config.training
+        before = trainer.counters["events_trained"]
+        for _ in range(groups):
+            group = self._group(training.chunks_per_step, training.group_wait_s)
+            if not group:
+                break
+            trainer.learn_messages(group)
+        learned = trainer.counters["events_trained"] - before
+        report = {"events": learned, "counters": dict(trainer.counters), "offsets": dict(trainer.offsets),
+                  "last_error": trainer.last_error}
+        if learned:
+            report["state"] = on_cpu(trainer.learner.estimator.state_dict())
+            report["features"] = trainer.learner.features.state_dict()
+        return report
+
+    def load(self, state, features: dict, events_seen: int) -> None:
+        """Take the round's averaged model and pooled statistics, so that every worker starts the next round alike."""
+        learner = self.trainer.learner
+        learner.estimator.load_state_dict(state)
+        learner.features.load_state_dict(features)
+        learner.events_seen = events_seen
+
+    def share(self) -> dict:
+        """What this worker adds to a version; its dead letters are stored before its offsets are recorded."""
+        trainer = self.trainer
+        if trainer.dead_letters is not None:
+            trainer.dead_letters.flush()
+        return {"offsets": dict(trainer.offsets), "epoch_start": dict(trainer.epoch_start),
+                "seen_keys": trainer.seen_keys, "counters": dict(trainer.counters),
+                "metrics": trainer.learner.metrics, "since_checkpoint": trainer.learner.since_checkpoint,
+                "drift": trainer.learner.drift.summary()}
+
+    def checkpoint_parts(self) -> tuple[dict, dict, dict, str]:
+        model_state, meta, state, checkpoint = self.trainer.checkpoint_parts()
+        return on_cpu(model_state), meta, state, checkpoint
+
+    def checkpointed(self, version: int) -> None:
+        """The coordinator published ``version``: this worker's offsets are in it, so now they may go to Kafka."""
+        trainer = self.trainer
+        trainer.version = version
+        trainer.learner.since_checkpoint = PrequentialMetrics(trainer.config.training.metrics_window,
+                                                              trainer.config.model.classes)
+        trainer._commit(self.consumer)  # monitoring only, as for a single trainer
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.trainer.dead_letters is not None:
+            self.trainer.dead_letters.close()
+
+
+class DataParallelTrainer:
+    """The coordinator: runs rounds over its pool of :class:`RoundWorker` and publishes the lineage's versions.
+
+    It has the single trainer's ``run(stop)`` and ``status()``, so the actor,
+    the CLI and the metrics endpoint drive either one.
+    """
+
+    def __init__(self, config: Config, bootstrap: str, pool, partitions: list[int] | None = None):
+        self.config = config
+        self.bootstrap = bootstrap
+        self.pool = pool
+        self.partitions = partitions
+        self.store = ModelStore(config.store.path, config.model.name, config.store.keep)
+        self.version = self.store.latest()
+        self.base_counters = dict.fromkeys(COUNTERS, 0)
+        if self.version is not None:
+            self.base_counters.update(self.store.read_meta(self.version)["counters"])
+        self.splits: list[list[int]] = []
+        self.reports: list[dict] = []
+        self.metrics: dict = {}
+        self.features: dict = {}
+        self.events_seen = 0
+        self._published_offsets: dict[int, int] = {}
+
+    def _counters(self, reports: Sequence[dict]) -> dict:
+        counters = dict(self.base_counters)
+        for report in reports:
+            for name in COUNTERS:
+                counters[name] += report["counters"][name]
+        return counters
+
+    def _offsets(self) -> dict[int, int]:
+        return {p: o for report in self.reports for p, o in report["offsets"].items()}
+
+    def status(self) -> dict:
+        reports = self.reports
+        return {
+            **self._counters(reports),
+            "version": self.version,
+            "epoch": 0,
+            "offsets": dict(sorted(self._offsets().items())),
+            "metrics": self.metrics,
+            "last_error": next((r["last_error"] for r in reports if r.get("last_error")), None),
+            "workers": [{"partitions": split, **r["counters"]} for split, r in zip(self.splits, reports)],
+        }
+
+    def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
+        """Run rounds until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news."""
+        training = self.config.training
+        partitions = self.partitions or topic_partitions(self.bootstrap, self.config.dataset.topic, stop, topic_wait_s)
+        self.splits = split_partitions(partitions, training.workers)
+        self.pool.start(self.splits)
+        try:
+            opened = self.pool.call("open", topic_wait_s)
+            if opened[0]["checkpoint"] != "torch":
+                raise ValueError(f"training.workers is {training.workers}, but model {self.config.model.name!r} "
+                                 "checkpoints as JSON and has no tensors to average: set training.workers: 1")
+            self.features, self.events_seen = opened[0]["features"], opened[0]["events_seen"]
+            self.reports = [{"offsets": o["offsets"], "counters": dict.fromkeys(COUNTERS, 0)} for o in opened]
+            self._published_offsets = self._offsets()
+            log.info("%d workers on partitions %s, from version %s", len(self.splits), self.splits, self.version)
+            last_checkpoint = time.monotonic()
+            while not stop.is_set():
+                self._round()
+                if self._offsets() != self._published_offsets and \
+                        time.monotonic() - last_checkpoint >= training.checkpoint_every_s:
+                    self.checkpoint()
+                    last_checkpoint = time.monotonic()
+            if self._offsets() != self._published_offsets:
+                self.checkpoint()
+        finally:
+            self.pool.close()
+
+    def _round(self) -> None:
+        self.reports = self.pool.call("learn_round", self.config.training.round_groups)
+        learned = [r for r in self.reports if r["events"]]
+        if not learned:
+            return
+        weights = [r["events"] for r in learned]
+        state = average_states([r["state"] for r in learned], weights)
+        self.features = pool_features(self.features, [r["features"] for r in learned])
+        self.events_seen += sum(weights)
+        self.pool.call("load", state, self.features, self.events_seen)
+
+    def checkpoint(self) -> int:
+        """Publish the state between two rounds as one version of the lineage, then let workers commit to Kafka."""
+        shares = self.pool.call("share")
+        model_state, meta, state, checkpoint = self.pool.call_one(0, "checkpoint_parts")
+        offsets = {str(p): o for share in shares for p, o in sorted(share["offsets"].items())}
+        counters = self._counters(shares)
+        self.metrics = {**PrequentialMetrics.merged([s["metrics"] for s in shares]).summary(),
+                        "drift": merged_drift([s["drift"] for s in shares])}
+        meta.update(parent=self.version, metrics=self.metrics, offsets=offsets, counters=counters,
+                    version_metrics=PrequentialMetrics.merged([s["since_checkpoint"] for s in shares]).summary(),
+                    workers=[{"partitions": split, "events_this_run": s["counters"]["events_trained"]}
+                             for split, s in zip(self.splits, shares)])
+        state.update(offsets=offsets, counters=counters,
+                     epoch_start={str(p): o for share in shares for p, o in share["epoch_start"].items()},
+                     seen_keys=sorted(set().union(*(share["seen_keys"] for share in shares))))
+        self.version = self.store.publish(model_state, meta, state, checkpoint)
+        self._published_offsets = {int(p): o for p, o in offsets.items()}
+        self.pool.call("checkpointed", self.version)
+        return self.version
