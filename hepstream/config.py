@@ -277,6 +277,9 @@ class ServeConfig(_Section):
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts at once")
     pinned_versions_cached: int = Field(default=4, ge=0, description="Older versions kept loaded for pinned requests")
+    direct_ingress_port: int | None = Field(default=None, ge=1, le=65535,
+                                            description="Replicas also answer HTTP on ports of their own from this "
+                                                        "one up, skipping Serve's proxy; read when Ray starts")
 
 
 class Config(_Section):

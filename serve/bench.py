@@ -132,13 +132,6 @@ def _arrow_phase(port: int, body: bytes, events: int, seconds: float) -> tuple[f
     return len(latencies) * events / elapsed, failures
 
 
-def _direct_ingress_env(port: int) -> dict[str, str]:
-    """Serve's direct ingress on exactly ``port``, draining briefly at shutdown (no client is left by then)."""
-    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5"}
-
-
 def _pick(result):
     latencies, _failures, _versions, elapsed = result
     return latencies, elapsed
@@ -176,7 +169,8 @@ def run(args) -> dict:
     import ray
 
     from hepstream.serve.arrow_io import write_stream
-    from hepstream.serve.deployment import start_serve, stop_serve
+    from hepstream.serve.app import serve_settings
+    from hepstream.serve.deployment import ray_environment, start_serve, stop_serve
 
     seconds = args.seconds
     body = write_stream(pa.Table.from_pylist([_event(i) for i in range(args.arrow_events)]))
@@ -199,7 +193,8 @@ def run(args) -> dict:
         # (a) the full Ray Serve app, through its proxy; and the same replica on its direct ingress port.
         port, direct_port = _free_port(), _free_port()
         saved_env = dict(os.environ)
-        os.environ.update(_direct_ingress_env(direct_port))
+        os.environ.update(ray_environment(serve_settings(direct_ingress_port=direct_port)))
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0.5"  # no client is left at shutdown
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
             start_serve(root, "bench", port=port, poll_interval_s=0.25)

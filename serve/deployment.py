@@ -75,13 +75,29 @@ class HepstreamServer:
         return await self.serving.score_many_off_loop(list(zip(models, batches)))
 
 
+def ray_environment(settings: ServeConfig) -> dict[str, str]:
+    """The environment Ray must start with for these settings: Serve reads its direct ingress flags only then.
+
+    With ``direct_ingress_port`` every replica also serves the app on a port of
+    its own, from that port up, beside the proxy's; the range leaves room for
+    replicas being replaced during a redeploy.
+    """
+    if settings.direct_ingress_port is None:
+        return {}
+    replicas = settings.autoscaling.max_replicas if settings.autoscaling is not None else settings.replicas
+    first = settings.direct_ingress_port
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 2 * replicas - 1)}
+
+
 def start_serve(store_root: str | Path, model_name: str, settings: ServeConfig | None = None, **overrides: Any) -> str:
     """Serve the newest version of ``model_name`` from the store folder; returns the base URL.
 
     ``settings`` is the configuration's ``serve`` section; keyword
     ``overrides`` replace single keys (``port=8001``). Needs Ray started
-    (``ray.init``) by the caller. Returns once the replicas run; they answer
-    503 on ``/v1/health/ready`` until a first version loads.
+    (``ray.init``) by the caller, with :func:`ray_environment` in its
+    environment. Returns once the replicas run; they answer 503 on
+    ``/v1/health/ready`` until a first version loads.
     """
     settings = serve_settings(settings, **overrides)
     serve.start(http_options={"host": settings.host, "port": settings.port})

@@ -1,0 +1,83 @@
+"""Serve's direct ingress: with ``serve.direct_ingress_port`` the replica answers on its own port, beside the proxy.
+
+Serve reads the flag when Ray starts, so this module starts a Ray of its own
+with :func:`ray_environment` in the environment, as ``hepstream serve`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import ray
+import requests
+
+from hepstream.config import ServeConfig
+from hepstream.serve.app import serve_settings
+from hepstream.serve.deployment import ray_environment, start_serve, stop_serve
+from tests.serve.test_real_store import EVENTS, local_scores
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_ray_environment_asks_for_ports_only_when_configured():
+    assert ray_environment(ServeConfig()) == {}
+    assert ray_environment(ServeConfig(direct_ingress_port=30100, replicas=2)) == {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "30100",
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30103"}
+    autoscaled = ServeConfig(direct_ingress_port=30100, autoscaling={"min_replicas": 1, "max_replicas": 3})
+    assert ray_environment(autoscaled)["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "30105"
+
+
+def test_the_replica_answers_on_its_own_port_as_through_the_proxy(tmp_path, standins, monkeypatch):
+    root = tmp_path / "store"
+    version = standins.publish_real_version(root, "demo", seed=2)
+    port, direct = _free_port(), _free_port()
+    settings = serve_settings(port=port, direct_ingress_port=direct, poll_interval_s=0.05)
+    for name, value in {**ray_environment(settings), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5"}.items():
+        monkeypatch.setenv(name, value)  # undone after the test; Ray's processes have it by then
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        proxy_url = start_serve(root, "demo", settings)
+        direct_url = f"http://127.0.0.1:{direct}"
+        standins.wait_for(lambda: _ready(direct_url), timeout_s=60, what="the replica's own port")
+        expected = {"model": "demo", "version": version, "scores": local_scores(root, version)}
+        for url in (proxy_url, direct_url):
+            answer = requests.post(f"{url}/v1/models/demo/predict", data=json.dumps({"events": EVENTS}),
+                                   headers={"Content-Type": "application/json"}, timeout=10)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == expected
+            assert answer.headers["X-Model-Version"] == str(version)
+        bad = requests.post(f"{direct_url}/v1/models/demo/predict", json={"events": [{"MET_pt": 1}]}, timeout=10)
+        assert (bad.status_code, bad.json()["field"]) == (422, "events[0].Muon_pt")
+        assert _listening_addresses(direct) == {"0100007F"}  # 127.0.0.1 only, as serve.host says
+    finally:
+        stop_serve()
+        ray.shutdown()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/v1/health/ready", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port``, from the kernel's tables (hex, as /proc shows them)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.add(address)
+    return found
