@@ -16,7 +16,7 @@ from torch import nn
 from hepstream.config import TrainingConfig
 
 
-_TRAIN_ONLY = (nn.Dropout, nn.modules.batchnorm._BatchNorm)  # layers that score otherwise in training mode
+_TRAIN_ONLY = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)  # score otherwise when training
 
 
 def pick_device(choice: str) -> torch.device:
