@@ -267,6 +267,8 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     poll_interval_s: float = Field(default=0.5, gt=0, le=60, description="How often each replica looks for a newer version")
+    swap_delay_s: float = Field(default=1.0, ge=0, le=60,
+                                description="Replicas swap to a version this long after its publication, together")
     max_events_per_request: int = Field(default=100_000, ge=1)
     max_request_bytes: ByteSize = Field(default=64_000_000, description="Larger request bodies get 413")
     tokens_file: Path | None = Field(default=None, description="File of bearer tokens, one per line")

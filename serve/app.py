@@ -65,7 +65,8 @@ def create_app(store: Any, *, model_name: str, settings: ServeConfig | None = No
     the scoring core and the metrics are at ``app.state``.
     """
     settings = serve_settings(settings, **overrides)
-    watcher = ModelWatcher(store, settings.poll_interval_s, pin_file=pin_path(store))
+    watcher = ModelWatcher(store, settings.poll_interval_s, pin_file=pin_path(store),
+                           swap_delay_s=settings.swap_delay_s)
     metrics = Metrics(watcher, model_name, replica or f"{socket.gethostname()}-{os.getpid()}")
     serving = Serving(store, model_name, watcher, settings.pinned_versions_cached, metrics.observe_batch)
     tokens = read_tokens(settings.tokens_file, settings.tokens_env)

@@ -8,6 +8,13 @@ A request reads that reference once and uses the model it got to the end, so
 it never waits on a load and never mixes two versions; the old model is freed
 when the last request holding it finishes.
 
+Replicas poll on their own clocks, so left alone they would swap at
+different moments, and a client whose requests Serve spreads over two
+replicas could get version 2 and then version 1. With ``swap_delay_s`` a
+loaded version is held until that long after its publication (the
+``created`` time in its metadata), so every replica that has loaded it by
+then swaps at the same instant; one that loads later swaps at once.
+
 An operator rolls back by pinning a version in a small file beside the store
 (:func:`write_pin`): every replica reads it on its next poll, so all of them
 serve the pinned version within one poll interval plus its load, and go back
@@ -91,7 +98,7 @@ class ModelWatcher:
     """
 
     def __init__(self, store: Store, poll_interval_s: float = 0.5, max_retry_interval_s: float = 30.0,
-                 pin_file: Path | None = None):
+                 pin_file: Path | None = None, swap_delay_s: float = 0.0):
         if poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be positive, got {poll_interval_s}")
         self.store = store
@@ -99,6 +106,7 @@ class ModelWatcher:
         self.pinned: int | None = None  # the operator's pin as last read
         self.poll_interval_s = poll_interval_s
         self.max_retry_interval_s = max_retry_interval_s
+        self.swap_delay_s = swap_delay_s
         self.swaps = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -154,12 +162,23 @@ class ModelWatcher:
         except Exception as error:
             self._failed(wanted, error)
             return False
+        if self.pinned is None:
+            self._hold_until_due(model)
         self._current = model  # the swap: one reference, atomic for every reader
         self.swaps += 1
         self._recovered()
         logger.info("model %s: serving version %d%s (was %s), loaded in %.0f ms", model.name, wanted,
                     " (pinned)" if self.pinned is not None else "", current.version if current is not None else "none", (time.perf_counter() - started) * 1e3)
         return True
+
+    def _hold_until_due(self, model: Any) -> None:
+        """Wait until ``swap_delay_s`` after the version's publication, when every replica swaps to it."""
+        created = getattr(model, "meta", {}).get("created")
+        if created is None or not self.swap_delay_s:
+            return
+        wait = min(float(created) + self.swap_delay_s - time.time(), self.swap_delay_s)
+        if wait > 0:
+            self._stop.wait(wait)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -43,7 +43,8 @@ class StandinModel:
         self.version = version
         self.spec = spec
         self.inputs = INPUTS
-        self.meta = {"events_seen": 1000 * version, "parent": version - 1 or None, "created": 1.7e9 + version,
+        self.meta = {"events_seen": 1000 * version, "parent": version - 1 or None,
+                     "created": spec.get("created", 1.7e9 + version),
                      "metrics": {"loss": 0.5 / version, "auc": float("nan") if version == 1 else 0.8}}
 
     def predict(self, batch: pa.RecordBatch) -> np.ndarray:

@@ -102,7 +102,7 @@ def test_replicas_batch_swap_converge_and_roll_back(ray_cluster, port, store, st
         for thread in clients:
             thread.start()
         try:
-            store.publish(2, weight=-1.0, load_delay_s=0.3)
+            store.publish(2, weight=-1.0, load_delay_s=0.3, created=time.time())  # replicas swap 1 s after this
             published = time.monotonic()
             standins.wait_for(lambda: set(replica_versions(url).values()) == {2}, timeout_s=10,
                               what="every replica on version 2")

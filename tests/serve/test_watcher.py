@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
 
-from hepstream.serve.watcher import ModelWatcher
+from hepstream.serve.watcher import ModelWatcher, write_pin
 
 
 @pytest.fixture
@@ -145,3 +146,33 @@ def test_start_twice_is_an_error_and_stop_ends_polling(store, standins):
     store.publish(1)
     time.sleep(0.1)
     assert watcher.current is None
+
+
+def test_replicas_hold_a_new_version_until_its_swap_time_and_then_swap_together(store):
+    """Two watchers (two replicas) that load a version at different moments serve it from one instant on."""
+    store.publish(1)  # published long ago (created 1.7e9 + 1): swapped in at once
+    early, late = (ModelWatcher(store, swap_delay_s=0.3) for _ in range(2))
+    assert early.poll() and late.poll()
+    created = time.time()
+    store.publish(2, created=created)
+    assert early.poll()  # loads at once, then holds it until created + 0.3
+    swapped_early = time.time()
+    time.sleep(0.05)
+    assert late.poll()
+    swapped_late = time.time()
+    assert early.current.version == late.current.version == 2
+    assert swapped_early >= created + 0.3 and swapped_late >= created + 0.3
+
+
+def test_a_pinned_version_is_not_held(store, tmp_path):
+    store.publish(1)
+    store.publish(2, created=time.time())
+    pin = tmp_path / "demo.pinned.json"
+    watcher = ModelWatcher(store, swap_delay_s=3600.0, pin_file=pin)
+    write_pin(pin, 2)
+    polling = threading.Thread(target=watcher.poll, daemon=True)
+    polling.start()
+    polling.join(30)  # a held version would keep this poll for an hour
+    assert not polling.is_alive()
+    assert watcher.current.version == 2
+    watcher.stop()
