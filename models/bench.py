@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 _PER_EVENT_SAMPLE = 20_000
+CHUNK_EVENTS = 25_000  # events per wire message, as the producer's max_chunk_events
 
 
 def add_arguments(parser) -> None:
@@ -64,7 +65,7 @@ def per_event_features(rows: list[dict], spec, mean, scale) -> list[list[float]]
     return out
 
 
-def _rate(events: int, seconds: float) -> float:
+def rate(events: int, seconds: float) -> float:
     return round(events / max(seconds, 1e-9), 1)
 
 
@@ -88,7 +89,7 @@ def _measure_features(batches, spec) -> dict:
     started = time.perf_counter()
     per_event_features(rows, spec, pipeline.moments.mean.tolist(), pipeline.moments.scale.tolist())
     loop = time.perf_counter() - started
-    fast, slow = _rate(events, best), _rate(len(rows), loop)
+    fast, slow = rate(events, best), rate(len(rows), loop)
     return {"features_per_event": pipeline.n_features, "features_events_per_s": fast,
             "per_event_loop_events_per_s": slow, "features_speedup": round(fast / slow, 1)}
 
@@ -109,26 +110,50 @@ def _train_stream(config, bootstrap, produced: int) -> tuple[float, object]:
     return elapsed, trainer
 
 
-def _train_in_memory(config, batches, labels) -> float:
+def bench_data(folder: Path, events: int, seed: int) -> tuple[list, list, list]:
+    """NanoAOD-like signal and background files of ``events`` each, as ``[(path, label)]``, and their events
+    as wire-sized Arrow batches (25k events) with a label array per batch."""
+    import numpy as np
+    import uproot
+
+    from hepstream import wire
+    from hepstream.streaming.datagen import generate_file
+
+    spec = bench_features()
+    files = [(generate_file(folder / f"{p}.root", p, events, seed + i), int(p == "signal"))
+             for i, p in enumerate(("signal", "background"))]
+    batches, labels = [], []
+    for path, label in files:
+        array = uproot.open(path)["Events"].arrays(spec.branches)
+        for start in range(0, len(array), CHUNK_EVENTS):
+            batches.append(wire.awkward_to_batch(array[start : start + CHUNK_EVENTS]))
+            labels.append(np.full(batches[-1].num_rows, label, np.int64))
+    return files, batches, labels
+
+
+def shuffled_matrix(learner, batches, labels) -> tuple:
+    """Every batch through ``learner``'s feature pipeline, as one shuffled (features, labels) pair in memory."""
     import numpy as np
 
-    from hepstream.models.learner import Learner
-    from hepstream.models.trainer import use_torch_threads
-
-    use_torch_threads(config.training.threads)  # as the stream trainer does
-    learner = Learner(config.features, config.model, config.training)
     for batch in batches:
         learner.features.learn(learner.features.extract(batch))
     x = np.concatenate([learner.features.transform(b) for b in batches])
     y = np.concatenate(labels)
     order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    group = config.training.chunks_per_step * config.producer.max_chunk_events
-    learner.learn_features(x[:group], y[:group])  # warm-up (allocator, kernels), as the stream's first group
-    started = time.perf_counter()
+    return x[order], y[order]
+
+
+def learn_in_memory(learner, x, y, group: int, seconds: float = float("inf")) -> tuple[int, float]:
+    """Learn ``x`` in groups of ``group`` rows, as the stream trainer's steps, after one untimed warm-up group
+    (allocator, kernels); stops early after ``seconds``. Returns (events learned, seconds)."""
+    learner.learn_features(x[:group], y[:group])
+    learned, started = 0, time.perf_counter()
     for start in range(0, len(x), group):
         learner.learn_features(x[start : start + group], y[start : start + group])
-    return time.perf_counter() - started
+        learned += len(x[start : start + group])
+        if time.perf_counter() - started >= seconds:
+            break
+    return learned, time.perf_counter() - started
 
 
 def _freshness(config, bootstrap, extra_file) -> float | None:
@@ -181,11 +206,9 @@ def _freshness(config, bootstrap, extra_file) -> float | None:
 
 
 def run(args) -> dict:
-    import numpy as np
-    import uproot
-
-    from hepstream import wire
     from hepstream.config import config_from_dict
+    from hepstream.models.learner import Learner
+    from hepstream.models.trainer import use_torch_threads
     from hepstream.stack.broker import EmbeddedBroker
     from hepstream.streaming.datagen import generate_file
     from hepstream.streaming.producer import Producer
@@ -193,33 +216,29 @@ def run(args) -> dict:
     spec = bench_features()
     with tempfile.TemporaryDirectory(prefix="hepstream-bench-train-") as tmp:
         folder = Path(tmp)
-        files = [(generate_file(folder / f"{p}.root", p, args.events, args.seed + i), int(p == "signal"))
-                 for i, p in enumerate(("signal", "background"))]
+        files, batches, labels = bench_data(folder, args.events, args.seed)
         extra = generate_file(folder / "extra.root", "signal", 2_000, args.seed + 7)
         config = config_from_dict({
             "dataset": {"name": "bench", "files": [{"url": str(p), "label": label} for p, label in files]},
-            "producer": {"max_chunk_events": 25_000, "step_size": "3 MB"},
+            "producer": {"max_chunk_events": CHUNK_EVENTS, "step_size": "3 MB"},
             "features": spec.model_dump(mode="json"),
             "model": {"name": "bench"},
             "training": {"checkpoint_every_s": 1.0, "group_wait_s": 0.5, "chunks_per_step": 4, "device": "cpu"},
             "store": {"path": str(folder / "store")},
         })
-        arrays = [uproot.open(p)["Events"].arrays(spec.branches) for p, _ in files]
-        batches, labels = [], []
-        for (_, label), array in zip(files, arrays):
-            for start in range(0, len(array), 25_000):
-                batches.append(wire.awkward_to_batch(array[start : start + 25_000]))
-                labels.append(np.full(batches[-1].num_rows, label, np.int64))
         result = {"events": 2 * args.events, "device": "cpu", **_measure_features(batches, spec)}
         with EmbeddedBroker() as broker:
             producer = Producer(config, broker.bootstrap)
             report = producer.run(config.dataset.files)
             producer.close()
             stream_s, trainer = _train_stream(config, broker.bootstrap, report.events)
-            memory_s = _train_in_memory(config, batches, labels)
+            use_torch_threads(config.training.threads)  # as the stream trainer does
+            learner = Learner(config.features, config.model, config.training)
+            x, y = shuffled_matrix(learner, batches, labels)
+            events, memory_s = learn_in_memory(learner, x, y, config.training.chunks_per_step * CHUNK_EVENTS)
             result.update({
-                "train_events_per_s": _rate(trainer.counters["events_trained"], stream_s),
-                "inmemory_events_per_s": _rate(report.events, memory_s),
+                "train_events_per_s": rate(trainer.counters["events_trained"], stream_s),
+                "inmemory_events_per_s": rate(events, memory_s),
                 "prequential_auc": trainer.learner.metrics.summary().get("overall_auc"),
             })
             result["ratio_vs_inmemory"] = round(result["train_events_per_s"] / result["inmemory_events_per_s"], 3)

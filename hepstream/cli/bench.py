@@ -1,4 +1,4 @@
-"""``hepstream bench produce|train|serve``: each stage against its own baseline, in the same run.
+"""``hepstream bench produce|train|core|serve``: each stage against its own baseline, in the same run.
 
 Every benchmark prints one JSON object (``--json``) whose ratios compare the
 stage with a baseline measured moments before on the same machine, so the
@@ -16,6 +16,7 @@ import json
 STAGES = {
     "produce": "hepstream.streaming.bench",
     "train": "hepstream.models.bench",
+    "core": "hepstream.models.bench_core",
     "serve": "hepstream.serve.bench",
 }
 

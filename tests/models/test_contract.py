@@ -43,8 +43,10 @@ def _batch(rng, n, classes=2):
     return batch, y
 
 
-def _trained(case, classes=2, seed=0, batches=4):
-    learner = Learner(FEATURES, _model(case, classes), TrainingConfig(seed=seed, device="cpu", batch_size=64, learning_rate=0.01))
+def _trained(case, classes=2, seed=0, batches=4, **training):
+    """A learner of ``case`` after ``batches`` batches; ``training`` overrides the CPU settings."""
+    settings = {"seed": seed, "device": "cpu", "batch_size": 64, "learning_rate": 0.01, **training}
+    learner = Learner(FEATURES, _model(case, classes), TrainingConfig(**settings))
     rng = np.random.default_rng(seed)
     for _ in range(batches):
         learner.learn_many([learner.prepare(*_batch(rng, 400, classes))])
@@ -61,15 +63,19 @@ def test_prediction_and_learning_leave_the_input_unchanged(case):
     np.testing.assert_array_equal(x, before)
 
 
+def _published(learner, folder):
+    """The learner's state published to a store in ``folder`` and loaded back as the server loads it."""
+    store = ModelStore(folder, "c")
+    meta = {"features": FEATURES.model_dump(mode="json"), "feature_state": learner.features.state_dict(),
+            "model": learner.model_config.model_dump(mode="json"), "events_seen": learner.events_seen}
+    return store.load(store.publish(learner.estimator.state_dict(), meta, {}, learner.estimator.checkpoint))
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_state_round_trips_through_the_store_to_the_server(case, tmp_path):
     learner = _trained(case)
-    store = ModelStore(tmp_path, "c")
-    meta = {"features": FEATURES.model_dump(mode="json"), "feature_state": learner.features.state_dict(),
-            "model": learner.model_config.model_dump(mode="json"), "events_seen": learner.events_seen}
-    version = store.publish(learner.estimator.state_dict(), meta, {}, learner.estimator.checkpoint)
     batch, _ = _batch(np.random.default_rng(2), 200)
-    served = store.load(version).predict(batch)
+    served = _published(learner, tmp_path).predict(batch)
     np.testing.assert_allclose(served, learner.estimator.predict_proba(learner.features.transform(batch)), rtol=1e-6)
     assert served.shape == (200,)
 

@@ -1,0 +1,171 @@
+"""``hepstream bench core``: the trainer core, without broker or Ray, on the CPU and on CUDA, in one run.
+
+What a GPU adds to online training is measured on the GPU node itself, where
+no broker or Ray may run: NanoAOD-like events are generated there and encoded
+as Kafka records of wire messages in memory, which a :class:`StreamTrainer`
+learns with its own methods, as :meth:`StreamTrainer.run` does once records
+are polled: ``prepare_messages`` (decode, check, extract features, lay out a
+shuffled group of ``chunks_per_step`` messages) in a second thread, as
+:mod:`~hepstream.models.read_ahead` does, while ``learn_step`` runs the
+test-then-train step on the previous group. Each run is also measured on the
+same events as feature matrices already in memory, the ceiling of its device.
+
+A run is one model kind on one device: the CPU with the trainer's default
+single torch thread (``cpu``), the CPU with one thread per core
+(``cpu_all``), CUDA, and CUDA with mixed precision (``cuda_amp``), at each
+batch size asked for. JSON keys: ``runs`` (one object per run:
+``core_events_per_s``, ``inmemory_events_per_s``, ``ratio_vs_inmemory``),
+``prepare_events_per_s`` (preparation alone, one thread: the core's ceiling
+whatever the device), and per model kind ``<kind>_cuda_speedup``: the best
+CUDA run's core rate over the best CPU run's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hepstream.models.bench import CHUNK_EVENTS, bench_data, bench_features, learn_in_memory, rate, shuffled_matrix
+
+_KINDS = ("mlp", "deepsets")
+_CHUNKS_PER_STEP = 4
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--events", type=int, default=200_000, help="events per class (default 200000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=4.0,
+                        help="longest timed stretch of each measurement (default 4)")
+    parser.add_argument("--batch-sizes", default="512,4096", help="comma-separated minibatch sizes (default 512,4096)")
+
+
+def _devices() -> list[tuple[str, str, int, bool]]:
+    """(run name, torch device, threads, mixed precision) of every device this machine has."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    devices = [("cpu", "cpu", 1, False)] + ([("cpu_all", "cpu", cores, False)] if cores > 1 else [])
+    if torch.cuda.is_available():
+        devices += [("cuda", "cuda", 1, False), ("cuda_amp", "cuda", 1, True)]
+    return devices
+
+
+def _records(batches, labels) -> list:
+    """Each batch as the Kafka record of its wire message (lz4 inside IPC, as the producer sends it)."""
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from hepstream import wire
+
+    records = []
+    for offset, (batch, label) in enumerate(zip(batches, labels)):
+        chunk = wire.Chunk(wire.ChunkId(f"bench-{offset}", "Events", 0, batch.num_rows), "bench", "memory", batch,
+                           int(label[0]))
+        key, value, headers = wire.encode(chunk, "lz4")
+        records.append(ConsumerRecord("bench", 0, -1, offset, 0, 0, key, bytes(value), headers, None,
+                                      len(key), len(value), -1))
+    return records
+
+
+def core_trainer(folder: Path, training: dict, kind: str = "mlp", features=None):
+    """A :class:`StreamTrainer` (of the benchmark's features unless given), never connected: it is fed
+    records directly."""
+    from hepstream.config import config_from_dict
+    from hepstream.models.trainer import StreamTrainer
+
+    config = config_from_dict({
+        "dataset": {"name": "bench"}, "features": (features or bench_features()).model_dump(mode="json"),
+        "model": {"name": "bench", "kind": kind}, "store": {"path": str(folder)},
+        "training": {"chunks_per_step": _CHUNKS_PER_STEP, "dead_letter": False, **training},
+    })
+    return StreamTrainer(config, "127.0.0.1:9")
+
+
+def learn_records(trainer, groups: list, seconds: float) -> tuple[int, float]:
+    """Learn groups of records as :meth:`StreamTrainer.run` does once they are polled: each group prepared
+    (``prepare_messages``) in a second thread while the previous one learns (``learn_step``). The first
+    group warms up, untimed; stops early after ``seconds``. Returns (events learned, seconds)."""
+    trainer.learn_messages(groups[0])
+    known, ahead = set(trainer.seen_keys), trainer.learner.read_ahead()
+    learned, started = 0, time.perf_counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="bench-read-ahead") as reader:
+        pending = reader.submit(trainer.prepare_messages, groups[1], known, ahead)
+        for following in [*groups[2:], None]:
+            step = pending.result()
+            known.update(step.keys)
+            if following is not None:
+                pending = reader.submit(trainer.prepare_messages, following, known, ahead)
+            trainer.learn_step(step)
+            learned += len(step.group.labels)
+            if time.perf_counter() - started >= seconds:
+                break
+    return learned, time.perf_counter() - started
+
+
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _measure_prepare(trainer, groups, seconds: float) -> float:
+    events, started = 0, time.perf_counter()
+    for group in groups:
+        events += len(trainer.prepare_messages(group, set()).group.labels)
+        if time.perf_counter() - started >= seconds:
+            break
+    return rate(events, time.perf_counter() - started)
+
+
+def run(args) -> dict:
+    import numpy as np
+    import torch
+
+    from hepstream.models.learner import Learner
+
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="hepstream-bench-core-") as tmp:
+        folder = Path(tmp)
+        _, batches, labels = bench_data(folder, args.events, args.seed)
+        order = np.random.default_rng(args.seed).permutation(len(batches))  # mix the two classes in every group
+        batches, labels = [batches[i] for i in order], [labels[i] for i in order]
+        records = _records(batches, labels)
+        groups = [records[i : i + _CHUNKS_PER_STEP] for i in range(0, len(records), _CHUNKS_PER_STEP)]
+        if len(groups) < 3:  # one warm-up group, one prepared in place, one ahead
+            least = 3 * _CHUNKS_PER_STEP * CHUNK_EVENTS // 2
+            raise SystemExit(f"hepstream bench core: --events {args.events} gives {len(groups)} groups of "
+                             f"{_CHUNKS_PER_STEP} x {CHUNK_EVENTS} events; 3 are needed (--events {least} or more)")
+        result = {
+            "events": 2 * args.events, "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "prepare_events_per_s": _measure_prepare(core_trainer(folder / "prepare", {"device": "cpu"}), groups,
+                                                     args.seconds),
+            "runs": [],
+        }
+        for run_index, (kind, batch_size, (name, device, threads, mixed)) in enumerate(
+                itertools.product(_KINDS, batch_sizes, _devices())):
+            trainer = core_trainer(folder / f"run-{run_index}", {
+                "device": device, "threads": threads, "batch_size": batch_size, "mixed_precision": mixed}, kind)
+            core_events, core_s = learn_records(trainer, groups, args.seconds)
+            _synchronize()
+            learner = Learner(trainer.config.features, trainer.config.model, trainer.config.training)
+            x, y = shuffled_matrix(learner, batches, labels)
+            memory_events, memory_s = learn_in_memory(learner, x, y, _CHUNKS_PER_STEP * CHUNK_EVENTS, args.seconds)
+            _synchronize()
+            core, memory = rate(core_events, core_s), rate(memory_events, memory_s)
+            result["runs"].append({"model": kind, "device": name, "threads": threads, "batch_size": batch_size,
+                                   "mixed_precision": mixed, "core_events_per_s": core,
+                                   "inmemory_events_per_s": memory, "ratio_vs_inmemory": round(core / memory, 3)})
+    torch.set_num_threads(1)
+    for kind in _KINDS:
+        best = {}
+        for entry in result["runs"]:
+            if entry["model"] == kind:
+                side = "cuda" if entry["device"].startswith("cuda") else "cpu"
+                best[side] = max(best.get(side, 0.0), entry["core_events_per_s"])
+        result[f"{kind}_cuda_speedup"] = round(best["cuda"] / best["cpu"], 2) if "cuda" in best else None
+    return result

@@ -1,0 +1,41 @@
+"""The torch estimators on CUDA, against the same learning on the CPU.
+
+Skipped where torch sees no GPU, as on CI. A GPU node runs them beside
+``hepstream bench core`` (see docs/training.md, "GPUs").
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from hepstream.models.metrics import multiclass_auc
+from tests.models.test_contract import _batch, _published, _trained
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
+
+
+@pytest.mark.parametrize("kind", ["mlp", "deepsets"])
+def test_cuda_learns_what_the_cpu_learns(kind):
+    cpu, cuda = _trained(kind, device="cpu"), _trained(kind, device="cuda")
+    assert {p.device.type for p in cuda.estimator.module.parameters()} == {"cuda"}
+    batch, _ = _batch(np.random.default_rng(7), 300)
+    on_cuda = cuda.estimator.predict_proba(cuda.features.transform(batch))
+    np.testing.assert_allclose(on_cuda, cpu.estimator.predict_proba(cpu.features.transform(batch)), atol=2e-3)
+    assert cuda.metrics.summary()["overall_auc"] == pytest.approx(cpu.metrics.summary()["overall_auc"], abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "deepsets"])
+def test_mixed_precision_on_cuda_learns(kind):
+    learner = _trained(kind, batches=6, device="cuda", mixed_precision=True)
+    assert learner.estimator.scaler.is_enabled()
+    batch, y = _batch(np.random.default_rng(8), 400)
+    scores = learner.estimator.predict_proba(learner.features.transform(batch))
+    assert np.isfinite(scores).all()
+    assert multiclass_auc(scores, y) > 0.7
+
+
+def test_a_checkpoint_learned_on_cuda_serves_on_the_cpu(tmp_path):
+    learner = _trained("mlp", device="cuda")
+    batch, _ = _batch(np.random.default_rng(9), 200)
+    served = _published(learner, tmp_path).predict(batch)
+    np.testing.assert_allclose(served, learner.estimator.predict_proba(learner.features.transform(batch)), atol=1e-5)
