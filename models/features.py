@@ -322,10 +322,15 @@ class FeaturePipeline:
                 squares[cells] = np.bincount(objects.slot, shifted * shifted, minlength=length)
         self.moments.merge(count, total, squares)
 
-    def matrix(self, extracted: Extracted, normalise: bool = True) -> np.ndarray:
-        """The feature matrix: values (standardised when ``normalise`` and configured), padding zero, masks 0/1."""
+    def matrix(self, extracted: Extracted, normalise: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+        """The feature matrix: values (standardised when ``normalise`` and configured), padding zero, masks 0/1.
+
+        ``out``, when given, is a zeroed float32 block of rows to fill (a group's matrix is laid out in one
+        array without a copy per chunk).
+        """
         layout = self.layout
-        out = np.zeros((extracted.events, layout.n_features), dtype=np.float32)
+        if out is None:
+            out = np.zeros((extracted.events, layout.n_features), dtype=np.float32)
         shift = np.zeros(layout.value_columns, dtype=np.float32)
         factor = np.ones(layout.value_columns, dtype=np.float32)
         if normalise and self.spec.normalize:

@@ -95,7 +95,11 @@ class Learner:
         features, rng = (self.features, self._rng) if ahead is None else (ahead.features, ahead.rng)
         for chunk in prepared:
             features.learn(chunk.features)
-        x = np.concatenate([features.matrix(chunk.features) for chunk in prepared])
+        x = np.zeros((sum(chunk.features.events for chunk in prepared), features.n_features), np.float32)
+        start = 0
+        for chunk in prepared:  # each chunk's rows written in place: no matrix per chunk to concatenate
+            features.matrix(chunk.features, out=x[start : start + chunk.features.events])
+            start += chunk.features.events
         y = np.concatenate([chunk.labels for chunk in prepared])
         weights = None
         if any(chunk.weights is not None for chunk in prepared):
