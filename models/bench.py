@@ -208,7 +208,7 @@ def _freshness(config, bootstrap, extra_file) -> float | None:
 def run(args) -> dict:
     from hepstream.config import config_from_dict
     from hepstream.models.learner import Learner
-    from hepstream.models.trainer import use_torch_threads
+    from hepstream.models.trainer import use_compute_threads
     from hepstream.stack.broker import EmbeddedBroker
     from hepstream.streaming.datagen import generate_file
     from hepstream.streaming.producer import Producer
@@ -232,7 +232,7 @@ def run(args) -> dict:
             report = producer.run(config.dataset.files)
             producer.close()
             stream_s, trainer = _train_stream(config, broker.bootstrap, report.events)
-            use_torch_threads(config.training.threads)  # as the stream trainer does
+            use_compute_threads(config.training.threads)  # as the stream trainer does
             learner = Learner(config.features, config.model, config.training)
             x, y = shuffled_matrix(learner, batches, labels)
             events, memory_s = learn_in_memory(learner, x, y, config.training.chunks_per_step * CHUNK_EVENTS)

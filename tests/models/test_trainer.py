@@ -5,12 +5,14 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from kafka import KafkaProducer
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from hepstream import wire
 from hepstream.models.metrics import roc_auc
 from hepstream.models.store import ModelStore
-from hepstream.models.trainer import StreamTrainer
+from hepstream.models.trainer import StreamTrainer, use_compute_threads
 from hepstream.streaming.datagen import generate_file
 from tests.helpers import labelled_pair, pipeline_config, produce
 
@@ -184,3 +186,18 @@ def test_start_positions_skip_what_came_before(broker, unique_topic, labelled_fi
     trained, expected = _only_what_follows(broker, config, [signal], [background], start,
                                            same_group_trainer=group_trainer)
     assert trained == expected == 6000
+
+
+def test_the_trainer_gives_torch_and_numpys_blas_its_thread_count():
+    """Idle OpenBLAS threads spin beside the trainer on shared cores, as torch's do."""
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("numpy has no threaded BLAS here")
+    before, torch_before = threadpool_limits(None), torch.get_num_threads()  # records the limits to restore
+    try:
+        use_compute_threads(1)
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
+        assert torch.get_num_threads() == 1
+    finally:
+        before.restore_original_limits()
+        torch.set_num_threads(torch_before)
