@@ -72,7 +72,7 @@ class HepstreamServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # both replaced by the settings in __init__
     async def score_batch(self, models: list[Any], batches: list[pa.RecordBatch]) -> list[Result | np.ndarray]:
-        return await self.serving.score_many_off_loop(list(zip(models, batches)))
+        return await self.serving.score_many_soon(list(zip(models, batches)))
 
 
 def ray_environment(settings: ServeConfig) -> dict[str, str]:
@@ -80,14 +80,20 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
 
     With ``direct_ingress_port`` every replica also serves the app on a port of
     its own, from that port up, beside the proxy's; the range leaves room for
-    replicas being replaced during a redeploy.
+    replicas being replaced during a redeploy. Such a replica then runs our
+    code and its router on its main event loop instead of one thread and loop
+    each: direct-ingress requests no longer hop between threads (bench serve,
+    concurrency 8, two runs each on 2 cores: 241 and 283 requests/s with
+    p99 61 and 91 ms before; 416 and 357 with p99 31 and 44 ms after). The
+    proxy's figures did not move.
     """
     if settings.direct_ingress_port is None:
         return {}
     replicas = settings.autoscaling.max_replicas if settings.autoscaling is not None else settings.replicas
     first = settings.direct_ingress_port
     return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 2 * replicas - 1)}
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 2 * replicas - 1),
+            "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
 def start_serve(store_root: str | Path, model_name: str, settings: ServeConfig | None = None, **overrides: Any) -> str:

@@ -9,7 +9,7 @@ Scoring goes through a *scorer*, an ``async (model, batch) -> scores``
 function. On bare uvicorn it scores each request at once; on Ray Serve it is a
 ``@serve.batch`` method that gathers concurrent requests and calls
 :meth:`Serving.score_many` once for all of them (see ``deployment.py``). Both
-score in a worker thread, never on the event loop.
+score a few events on the event loop and more in a worker thread.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from hepstream.serve.watcher import ModelWatcher
 
 logger = logging.getLogger(__name__)
 
+SCORE_ON_LOOP_EVENTS = 256  # a batch of at most this many events is scored on the event loop
 Scorer = Callable[[Any, pa.RecordBatch], Awaitable[np.ndarray]]
 Result = np.ndarray | Exception  # the scores of one request, or why it has none
 
@@ -113,16 +114,23 @@ class Serving:
         return result
 
     async def _score_alone(self, model: Any, batch: pa.RecordBatch) -> Result:
-        return (await self.score_many_off_loop([(model, batch)]))[0]
+        return (await self.score_many_soon([(model, batch)]))[0]
 
-    async def score_many_off_loop(self, jobs: Sequence[tuple[Any, pa.RecordBatch]]) -> list[Result]:
-        """:meth:`score_many` in a worker thread, so the event loop goes on parsing the next requests meanwhile.
+    async def score_many_soon(self, jobs: Sequence[tuple[Any, pa.RecordBatch]]) -> list[Result]:
+        """:meth:`score_many`: at once for at most ``SCORE_ON_LOOP_EVENTS`` events, else in a worker thread.
 
-        torch and Arrow release the GIL, so a big batch and the parsing of the
-        next one share both cores instead of taking turns (bare uvicorn, 10k
-        events per Arrow request, 2 at once, 3 runs on 2 busy cores: 75k, 100k,
-        49k events/s scored on the loop; 385k, 280k, 244k in a thread).
+        A few events score in about a millisecond, less than handing them to a
+        thread and back costs (bare uvicorn, single-event JSON at concurrency
+        8, 2 cores: 208 requests/s through a thread, 291 and 313 on the loop).
+        Big batches go to a thread, so the event loop goes on parsing the next
+        requests meanwhile: torch and Arrow release the GIL, and a big batch and
+        the parsing of the next one share both cores instead of taking turns
+        (bare uvicorn, 10k events per Arrow request, 2 at once, 3 runs on 2
+        busy cores: 75k, 100k, 49k events/s scored on the loop; 385k, 280k,
+        244k in a thread).
         """
+        if sum(batch.num_rows for _model, batch in jobs) <= SCORE_ON_LOOP_EVENTS:
+            return self.score_many(jobs)
         return await run_in_threadpool(self.score_many, jobs)
 
     def score_many(self, jobs: Sequence[tuple[Any, pa.RecordBatch]]) -> list[Result]:

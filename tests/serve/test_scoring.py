@@ -8,15 +8,16 @@ import threading
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import parse_events
-from hepstream.serve.scoring import Serving
+from hepstream.serve.scoring import SCORE_ON_LOOP_EVENTS, Serving
 from hepstream.serve.watcher import ModelWatcher
 
 
 def batch(standins, *met):
-    return parse_events(json.dumps({"events": [{"MET_pt": m, "Muon_pt": []} for m in met]}), standins.INPUTS, 100)
+    return parse_events(json.dumps({"events": [{"MET_pt": m, "Muon_pt": []} for m in met]}), standins.INPUTS, 10_000)
 
 
 def test_one_call_per_version_and_scores_in_order(store, standins):
@@ -46,8 +47,10 @@ def test_a_batch_the_features_refuse_is_retried_request_by_request(store, standi
     assert isinstance(bad, RequestError) and (bad.status, bad.field) == (422, "MET_pt")
 
 
-def test_scores_are_computed_off_the_event_loop_thread(store, standins):
-    """A 10k-event batch scored on the loop would stall every other request for tens of milliseconds."""
+@pytest.mark.parametrize("events, on_loop", [(2, True), (SCORE_ON_LOOP_EVENTS + 1, False)])
+def test_big_batches_are_scored_off_the_event_loop_thread_and_small_ones_on_it(store, standins, events, on_loop):
+    """A 10k-event batch scored on the loop would stall every other request for tens of milliseconds; a few
+    events score faster than a hand-off to a thread and back."""
     threads = []
 
     class Recording(standins.StandinModel):
@@ -57,10 +60,11 @@ def test_scores_are_computed_off_the_event_loop_thread(store, standins):
 
     serving = Serving(store, "demo", ModelWatcher(store))
     model = Recording("demo", 1, {})
+    met = [float(i) for i in range(events)]
 
     async def score() -> tuple[int, np.ndarray]:
-        return threading.get_ident(), await serving.score(model, batch(standins, 1.0, 2.0))
+        return threading.get_ident(), await serving.score(model, batch(standins, *met))
 
     loop_thread, scores = asyncio.run(score())
-    assert scores.tolist() == model.predict(batch(standins, 1.0, 2.0)).tolist()
-    assert threads[0] != loop_thread
+    assert scores.tolist() == model.predict(batch(standins, *met)).tolist()
+    assert (threads[0] == loop_thread) is on_loop
