@@ -207,6 +207,8 @@ class TrainingConfig(_Section):
     seed: int = 0
     threads: int = Field(default=1, ge=1, description="torch intra-op threads of one trainer")
     mixed_precision: bool = Field(default=False, description="bfloat16 autocast (CPU) or float16 with loss scaling (CUDA)")
+    cuda_graphs: bool = Field(default=False, description="On CUDA, replay each full minibatch's step as a captured "
+                              "CUDA graph (full precision, models without dropout or batch norm); ignored elsewhere")
     start: str = Field(default="earliest", description="Where a partition without checkpoint starts: earliest, "
                        "latest, committed, or a time (ISO 8601 or epoch milliseconds)")
     epochs: int = Field(default=1, ge=1, description="Passes over the retained topic; the last one follows the live stream")

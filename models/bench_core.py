@@ -12,8 +12,8 @@ same events as feature matrices already in memory, the ceiling of its device.
 
 A run is one model kind on one device: the CPU with the trainer's default
 single torch thread (``cpu``), the CPU with one thread per core
-(``cpu_all``), CUDA, and CUDA with mixed precision (``cuda_amp``), at each
-batch size asked for. JSON keys: ``runs`` (one object per run:
+(``cpu_all``), CUDA, CUDA with mixed precision (``cuda_amp``), and CUDA
+replaying captured steps (``cuda_graphs``), at each batch size asked for. JSON keys: ``runs`` (one object per run:
 ``core_events_per_s``, ``inmemory_events_per_s``, ``ratio_vs_inmemory``),
 ``prepare_events_per_s`` (preparation alone, one thread: the core's ceiling
 whatever the device), and per model kind ``<kind>_cuda_speedup``: the best
@@ -43,14 +43,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-sizes", default="512,4096", help="comma-separated minibatch sizes (default 512,4096)")
 
 
-def _devices() -> list[tuple[str, str, int, bool]]:
-    """(run name, torch device, threads, mixed precision) of every device this machine has."""
+def _devices() -> list[tuple[str, dict]]:
+    """(run name, training settings) of every device this machine has."""
     import torch
 
     cores = os.cpu_count() or 1
-    devices = [("cpu", "cpu", 1, False)] + ([("cpu_all", "cpu", cores, False)] if cores > 1 else [])
+    devices = [("cpu", {"device": "cpu", "threads": 1})]
+    if cores > 1:
+        devices.append(("cpu_all", {"device": "cpu", "threads": cores}))
     if torch.cuda.is_available():
-        devices += [("cuda", "cuda", 1, False), ("cuda_amp", "cuda", 1, True)]
+        devices += [("cuda", {"device": "cuda"}), ("cuda_amp", {"device": "cuda", "mixed_precision": True}),
+                    ("cuda_graphs", {"device": "cuda", "cuda_graphs": True})]
     return devices
 
 
@@ -146,10 +149,9 @@ def run(args) -> dict:
                                                      args.seconds),
             "runs": [],
         }
-        for run_index, (kind, batch_size, (name, device, threads, mixed)) in enumerate(
+        for run_index, (kind, batch_size, (name, settings)) in enumerate(
                 itertools.product(_KINDS, batch_sizes, _devices())):
-            trainer = core_trainer(folder / f"run-{run_index}", {
-                "device": device, "threads": threads, "batch_size": batch_size, "mixed_precision": mixed}, kind)
+            trainer = core_trainer(folder / f"run-{run_index}", {**settings, "batch_size": batch_size}, kind)
             core_events, core_s = learn_records(trainer, groups, args.seconds)
             _synchronize()
             learner = Learner(trainer.config.features, trainer.config.model, trainer.config.training)
@@ -157,8 +159,9 @@ def run(args) -> dict:
             memory_events, memory_s = learn_in_memory(learner, x, y, _CHUNKS_PER_STEP * CHUNK_EVENTS, args.seconds)
             _synchronize()
             core, memory = rate(core_events, core_s), rate(memory_events, memory_s)
-            result["runs"].append({"model": kind, "device": name, "threads": threads, "batch_size": batch_size,
-                                   "mixed_precision": mixed, "core_events_per_s": core,
+            training = trainer.config.training
+            result["runs"].append({"model": kind, "device": name, "threads": training.threads, "batch_size": batch_size,
+                                   "mixed_precision": training.mixed_precision, "core_events_per_s": core,
                                    "inmemory_events_per_s": memory, "ratio_vs_inmemory": round(core / memory, 3)})
     torch.set_num_threads(1)
     for kind in _KINDS:

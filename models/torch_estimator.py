@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hepstream.config import TrainingConfig
+from hepstream.models.cuda_graph import GraphedStep
 
 
 _TRAIN_ONLY = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)  # score otherwise when training
@@ -37,14 +38,19 @@ class TorchEstimator:
         self.batch_size = training.batch_size
         # Fused Adam: one kernel per step instead of a Python loop over the parameters (a [64, 64] MLP learned
         # 100k events at 190-211k events/s with the default, 259-291k fused, one CPU thread).
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=training.learning_rate,
-                                          fused=self.device.type in ("cpu", "cuda"))
         self.mixed_precision = training.mixed_precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mixed_precision and self.device.type == "cuda")
         # Without dropout or batch norm the training forward pass scores as predict_proba would, so learn()
         # can hand back the scores each event had just before its step: test-then-train without a second
         # forward pass (which cost about 9 % of a training step in bench train).
         self.scores_while_learning = not any(isinstance(m, _TRAIN_ONLY) for m in self.module.modules())
+        # Full minibatches replay a captured step (models/cuda_graph.py): on CUDA, for models scored while
+        # learning, in full precision (the gradient scaler's checks would stop the graph). Elsewhere ignored.
+        self.cuda_graphs = (training.cuda_graphs and self.device.type == "cuda" and not self.mixed_precision
+                            and self.scores_while_learning)
+        self._graphs: dict[bool, GraphedStep] = {}  # by whether the loss is weighted
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=training.learning_rate,
+                                          fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graphs)
 
     def _autocast(self):
         if not self.mixed_precision:
@@ -62,6 +68,18 @@ class TorchEstimator:
             return nn.functional.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
         return nn.functional.cross_entropy(logits, targets.long(), reduction="none")
 
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        losses = self._losses(logits, targets)
+        if weights is None:
+            return losses.mean()
+        return (losses * weights).sum() / weights.sum().clamp(min=1e-12)
+
+    def _graphed(self, inputs: torch.Tensor, targets: torch.Tensor, weighted: bool) -> GraphedStep:
+        if weighted not in self._graphs:
+            self._graphs[weighted] = GraphedStep(self.module, self.optimizer, self._loss, self.batch_size,
+                                                 inputs.shape[1], targets.dtype, weighted)
+        return self._graphs[weighted]
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         self.module.eval()
         with torch.no_grad(), self._autocast():
@@ -78,15 +96,16 @@ class TorchEstimator:
         event_weights = None if weights is None else torch.from_numpy(weights).to(self.device, non_blocking=True)
         for start in range(0, len(x), self.batch_size):
             part = slice(start, start + self.batch_size)
+            weights_part = None if event_weights is None else event_weights[part]
+            if self.cuda_graphs and start + self.batch_size <= len(x):
+                step = self._graphed(inputs, targets, event_weights is not None)
+                scores.append(self._probabilities(step(inputs[part], targets[part], weights_part).detach()))
+                continue
             with self._autocast():
                 logits = self.module(inputs[part])
-                losses = self._losses(logits, targets[part])
+                loss = self._loss(logits, targets[part], weights_part)
             if scores is not None:
                 scores.append(self._probabilities(logits.detach()))
-            if event_weights is None:
-                loss = losses.mean()
-            else:
-                loss = (losses * event_weights[part]).sum() / event_weights[part].sum().clamp(min=1e-12)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -98,8 +117,11 @@ class TorchEstimator:
                 "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        self._graphs.clear()  # the optimiser's state tensors are replaced: capture again on the next step
         self.module.load_state_dict(state["model"])
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # as this estimator steps, whoever saved the state
+                group["capturable"] = self.cuda_graphs
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -4,6 +4,8 @@ Skipped where torch sees no GPU, as on CI. A GPU node runs them beside
 ``hepstream bench core`` (see docs/training.md, "GPUs").
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -39,3 +41,29 @@ def test_a_checkpoint_learned_on_cuda_serves_on_the_cpu(tmp_path):
     batch, _ = _batch(np.random.default_rng(9), 200)
     served = _published(learner, tmp_path).predict(batch)
     np.testing.assert_allclose(served, learner.estimator.predict_proba(learner.features.transform(batch)), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "deepsets"])
+def test_cuda_graphs_learn_what_eager_steps_learn(kind):
+    """Full minibatches replay the captured step, the last one of each batch runs eagerly (400 = 6 x 64 + 16),
+    and the loss is weighted: the model must end where eager steps take it, so capturing changed nothing."""
+    eager, graphed = _trained(kind, device="cuda"), _trained(kind, device="cuda", cuda_graphs=True)
+    assert graphed.estimator.cuda_graphs and graphed.estimator._graphs
+    batch, _ = _batch(np.random.default_rng(10), 300)
+    np.testing.assert_allclose(graphed.estimator.predict_proba(graphed.features.transform(batch)),
+                               eager.estimator.predict_proba(eager.features.transform(batch)), atol=1e-4)
+    assert graphed.metrics.summary()["overall_auc"] == pytest.approx(eager.metrics.summary()["overall_auc"], abs=1e-3)
+
+
+def test_cuda_graphs_capture_again_after_a_state_is_loaded():
+    eager, graphed = _trained("mlp", device="cuda"), _trained("mlp", device="cuda", cuda_graphs=True)
+    # A copy, as a checkpoint read from disk: load_state_dict would share the optimiser's tensors with `eager`.
+    graphed.estimator.load_state_dict(copy.deepcopy(eager.estimator.state_dict()))
+    assert not graphed.estimator._graphs
+    batch, y = _batch(np.random.default_rng(11), 400)
+    for learner in (eager, graphed):
+        learner.estimator.learn(learner.features.transform(batch), y, None)
+    assert graphed.estimator._graphs
+    probe, _ = _batch(np.random.default_rng(12), 200)
+    np.testing.assert_allclose(graphed.estimator.predict_proba(graphed.features.transform(probe)),
+                               eager.estimator.predict_proba(eager.features.transform(probe)), atol=1e-4)
