@@ -3,7 +3,9 @@ two-partition topic of the embedded broker, writing one lineage that a restart c
 
 import collections
 import doctest
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -132,6 +134,14 @@ def _wait_for(ray, actor, events: int, duplicates: int = 0, timeout_s: float = 1
     raise AssertionError(f"trainer learned {status['events_trained']} events of {events} in {timeout_s} s")
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:"))
+    except FileNotFoundError:
+        return False
+    return "Z" not in state.split()[1]
+
+
 def _lineage(store: ModelStore) -> list[dict]:
     """The kept versions' metadata, after checking they form one chain, each version the parent of the next."""
     versions = store.versions()
@@ -163,11 +173,15 @@ def test_two_workers_write_one_lineage_that_a_killed_run_resumes_exactly_once(ra
     # More data, and the coordinator killed (its workers die with it) wherever it is in learning it.
     second = produce(config, broker.bootstrap, [f for f in pipeline_config(
         unique_topic, labelled_pair(tmp_path / "second", 1000, 1000, seed=11), tmp_path).dataset.files])
+    coordinator = ray_session.get(actor.__ray_call__.remote(lambda _self: os.getpid()))
     ray_session.kill(actor, no_restart=True)
     deadline = time.monotonic() + 60
     with pytest.raises(ray_session.exceptions.RayActorError):
         while time.monotonic() < deadline:  # the kill is asynchronous: wait until the actor is gone
             ray_session.get(actor.status.remote())
+    # Ray reports the actor dead before its process has exited, and a version it was writing may still land.
+    while _running(coordinator) and time.monotonic() < deadline:
+        time.sleep(0.05)
     learned_before = store.read_meta(store.latest())["counters"]["events_trained"]
     records = read_topic(broker.bootstrap, config.dataset.topic)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
