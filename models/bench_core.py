@@ -13,11 +13,12 @@ same events as feature matrices already in memory, the ceiling of its device.
 A run is one model kind on one device: the CPU with the trainer's default
 single torch thread (``cpu``), the CPU with one thread per core
 (``cpu_all``), CUDA, CUDA with mixed precision (``cuda_amp``), and CUDA
-replaying captured steps (``cuda_graphs``), at each batch size asked for. JSON keys: ``runs`` (one object per run:
-``core_events_per_s``, ``inmemory_events_per_s``, ``ratio_vs_inmemory``),
-``prepare_events_per_s`` (preparation alone, one thread: the core's ceiling
-whatever the device), and per model kind ``<kind>_cuda_speedup``: the best
-CUDA run's core rate over the best CPU run's.
+replaying captured steps (``cuda_graphs``), at each batch size asked for.
+JSON keys: ``runs`` (one object per run: ``core_events_per_s``,
+``inmemory_events_per_s``, ``ratio_vs_inmemory``), ``prepare_events_per_s``
+(preparation alone, one thread: the core's ceiling whatever the device), and
+per model kind ``<kind>_cuda_speedup``: the best CUDA run's core rate over
+the best CPU run's.
 """
 
 from __future__ import annotations
