@@ -30,7 +30,8 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Callable, Iterable, Sequence
-from itertools import chain
+from bisect import bisect_right
+from itertools import accumulate, chain
 from operator import itemgetter
 from typing import Any
 
@@ -142,18 +143,23 @@ def _jagged_column(lists: list, name: str, locate: Locate) -> pa.Array:
         index = next(i for i, value in enumerate(lists) if type(value) is not list)
         raise RequestError(422, f"{name} is a jagged branch and must be an array of numbers, "
                                 f"got {_json_type(lists[index])}", locate(name, index))
-    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
-    np.cumsum(np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), out=offsets[1:])
     flat = list(chain.from_iterable(lists))
 
     def field(k: int) -> str:
-        event = int(np.searchsorted(offsets, k, side="right")) - 1
-        return f"{locate(name, event)}[{k - offsets[event]}]"
+        ends = list(accumulate(map(len, lists)))
+        event = bisect_right(ends, k)
+        return f"{locate(name, event)}[{k - (ends[event - 1] if event else 0)}]"
 
     if not set(map(type, flat)) <= _NUMBERS:
         k = next(k for k, value in enumerate(flat) if type(value) not in _NUMBERS)
         raise RequestError(422, f"{name} must hold numbers only, got {_json_type(flat[k])}", field(k))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(_finite_doubles(flat, field), type=_FLAT))
+    values = _finite_doubles(flat, field)
+    try:
+        # Checked above, converted again: pyarrow builds offsets and values in one call, which for the
+        # few events of a typical request costs a third of building them from numpy arrays.
+        return pa.array(lists, type=_JAGGED)
+    except pa.ArrowInvalid:  # an integer beyond int64 that a double holds: pyarrow refuses it, numpy did not
+        return pa.ListArray.from_arrays(pa.array([0, *accumulate(map(len, lists))], type=pa.int32()), values)
 
 
 def _branch_values(events: list[dict], name: str, expected: list[str]) -> list:

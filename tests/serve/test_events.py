@@ -31,6 +31,12 @@ def test_good_events_become_one_column_per_model_input_in_its_order(parse):
     assert batch.column("Muon_pt").to_pylist() == [[51.0, 33.2], [], [3.0, 4.5, 6.0]]
 
 
+def test_integers_beyond_int64_that_a_double_holds_are_numbers_too(parse):
+    batch = parse({"events": [{"MET_pt": 2**63 + 5, "Muon_pt": [1, 2**63 + 5]}, {"MET_pt": 0, "Muon_pt": []}]})
+    assert batch.column("MET_pt").to_pylist() == [float(2**63), 0.0]
+    assert batch.column("Muon_pt").to_pylist() == [[1.0, float(2**63)], []]
+
+
 def test_bytes_and_an_empty_event_list_are_fine(parse):
     batch = parse(b'{"events": []}')
     assert batch.num_rows == 0
