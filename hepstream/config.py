@@ -284,6 +284,10 @@ class ServeConfig(_Section):
     direct_ingress_port: int | None = Field(default=None, ge=1, le=65535,
                                             description="Replicas also answer HTTP on ports of their own from this "
                                                         "one up, skipping Serve's proxy; read when Ray starts")
+    haproxy: bool = Field(default=False,
+                          description="Serve's HAProxy ingress answers on host:port instead of its Python proxy, "
+                                      "forwarding to the replicas' own ports (from direct_ingress_port, or 30000, "
+                                      "up); read when Ray starts")
 
 
 class Config(_Section):

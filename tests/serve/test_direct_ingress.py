@@ -1,12 +1,14 @@
-"""Serve's direct ingress: with ``serve.direct_ingress_port`` the replica answers on its own port, beside the proxy.
+"""Serve's HAProxy and direct ingress: ``serve.haproxy`` answers through HAProxy, and the replica on its own port.
 
-Serve reads the flag when Ray starts, so this module starts a Ray of its own
-with :func:`ray_environment` in the environment, as ``hepstream serve`` does.
+Serve reads these flags when Ray starts, so this module starts a Ray of its
+own with :func:`ray_environment` in the environment, as ``hepstream serve``
+does.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -37,31 +39,52 @@ def test_ray_environment_asks_for_ports_only_when_configured():
     assert ray_environment(autoscaled)["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "30105"
 
 
-def test_the_replica_answers_on_its_own_port_as_through_the_proxy(tmp_path, standins, monkeypatch):
+def test_haproxy_needs_the_replica_ports_and_runs_through_the_wrapper():
+    environment = ray_environment(ServeConfig(haproxy=True))
+    assert environment["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert (environment["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
+            environment["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("30000", "30001")
+    wrapper = environment["RAY_SERVE_HAPROXY_BINARY_PATH"]
+    assert wrapper.endswith("/hepstream-haproxy") and os.access(wrapper, os.X_OK)
+
+
+def test_haproxy_and_the_replica_answer_as_the_app_does_and_only_on_loopback(tmp_path, standins, monkeypatch):
     root = tmp_path / "store"
     version = standins.publish_real_version(root, "demo", seed=2)
     port, direct = _free_port(), _free_port()
-    settings = serve_settings(port=port, direct_ingress_port=direct, poll_interval_s=0.05)
-    for name, value in {**ray_environment(settings), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5"}.items():
-        monkeypatch.setenv(name, value)  # undone after the test; Ray's processes have it by then
+    others = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": _free_port(), "RAY_SERVE_HAPROXY_STATS_PORT": _free_port(),
+              "RAY_SERVE_HAPROXY_METRICS_PORT": _free_port()}
+    settings = serve_settings(port=port, direct_ingress_port=direct, haproxy=True, poll_interval_s=0.05)
+    for name, value in {**ray_environment(settings), **others, "HEPSTREAM_TOKENS": "s3cret",
+                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5"}.items():
+        monkeypatch.setenv(name, str(value))  # undone after the test; Ray's processes have it by then
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        proxy_url = start_serve(root, "demo", settings)
+        haproxy_url = start_serve(root, "demo", settings)
         direct_url = f"http://127.0.0.1:{direct}"
-        standins.wait_for(lambda: _ready(direct_url), timeout_s=60, what="the replica's own port")
+        assert haproxy_url == f"http://127.0.0.1:{port}"
+        for url in (haproxy_url, direct_url):
+            standins.wait_for(lambda: _ready(url), timeout_s=60, what=f"{url} to be ready")
         expected = {"model": "demo", "version": version, "scores": local_scores(root, version)}
-        for url in (proxy_url, direct_url):
+        token = {"Authorization": "Bearer s3cret"}
+        for url in (haproxy_url, direct_url):
             answer = requests.post(f"{url}/v1/models/demo/predict", data=json.dumps({"events": EVENTS}),
-                                   headers={"Content-Type": "application/json"}, timeout=10)
+                                   headers={"Content-Type": "application/json", **token}, timeout=10)
             assert answer.status_code == 200, answer.text
             assert answer.json() == expected
             assert answer.headers["X-Model-Version"] == str(version)
-        bad = requests.post(f"{direct_url}/v1/models/demo/predict", json={"events": [{"MET_pt": 1}]}, timeout=10)
+        bad = requests.post(f"{haproxy_url}/v1/models/demo/predict", json={"events": [{"MET_pt": 1}]}, headers=token,
+                            timeout=10)
         assert (bad.status_code, bad.json()["field"]) == (422, "events[0].Muon_pt")
-        assert _listening_addresses(direct) == {"0100007F"}  # 127.0.0.1 only, as serve.host says
+        unauthorised = requests.post(f"{haproxy_url}/v1/models/demo/predict", json={"events": EVENTS}, timeout=10)
+        assert unauthorised.status_code == 401
+
+        for bound in (port, direct, *others.values()):
+            assert _listening_addresses(bound) == {"0100007F"}, bound  # 127.0.0.1 only, as serve.host says
     finally:
         stop_serve()
         ray.shutdown()
+    standins.wait_for(lambda: not _listening_addresses(port), timeout_s=30, what="HAProxy to stop")
 
 
 def _ready(url: str) -> bool:
