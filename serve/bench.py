@@ -1,21 +1,19 @@
 """``hepstream bench serve``: the Ray Serve app against bare uvicorn running the same app, in one run.
 
 One untrained MLP over the demo's branches is published to a scratch store and
-served twice: (a) by the full Ray Serve deployment (proxy, batching, replica)
-and (b) by the same ``create_app`` on bare uvicorn in a child process. The
-same client loads both: keep-alive ``http.client`` connections, one per
-thread, sending single-event JSON requests at concurrency 1 and 8; then
-batched Arrow requests of 10k events; then single-event requests at
+served twice: (a) by the full Ray Serve deployment (ingress, batching,
+replica) and (b) by the same ``create_app`` on bare uvicorn in a child
+process. The same client loads both: keep-alive ``http.client`` connections,
+one per thread, sending single-event JSON requests at concurrency 1 and 8;
+then batched Arrow requests of 10k events; then single-event requests at
 concurrency 8 while new versions are published every half second (hot swap).
 
-Serve's proxy is one more hop and one more Python process per request, and on
-2 cores it, not the replica, sets the pace. Serve's own way around it is
-direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS``; in production behind
-Serve's HAProxy ingress): each ingress replica answers HTTP on a port of its
-own, with the same app and ``@serve.batch``. The flag only takes effect when
-it is in the environment Ray starts with, so this benchmark sets it before
-``ray.init``; the proxy, unchanged by it, answers the headline figures, and
-the same replica answers the ``direct_*`` ones on its own port.
+Serve is deployed as ``serve.haproxy: true`` sets it up: Serve's HAProxy
+answers on the app's port and forwards to the replica's own port (direct
+ingress); its figures are the headline ones. Serve's Python proxy, which
+answers with the default ``serve.haproxy: false`` and still runs behind
+HAProxy as its fallback, is measured on its own port in the same run
+(``proxy_*``), and so is the replica's own port (``direct_*``).
 
 Top-level imports are the standard library only: the CLI imports this module
 to build its parser.
@@ -67,6 +65,16 @@ def _publish(root: Path, name: str, seed: int) -> int:
     meta = {"parent": None, "events_seen": 0, "metrics": {}, "features": features.model_dump(mode="json"),
             "feature_state": pipeline.state_dict(), "model": model.model_dump(mode="json")}
     return ModelStore(root, name).publish({"model": network.state_dict()}, meta, {"offsets": {}})
+
+
+def _publisher(root: str, go, stop) -> None:
+    """Publish a new version every half second from ``go`` until ``stop``: the trainer's part, in its own process."""
+    _publish(Path(root), "warm-up", 0)  # the first publication imports torch and more: seconds, not measured
+    seed = 2
+    go.wait()
+    while not stop.wait(0.5):
+        _publish(Path(root), "bench", seed)
+        seed += 1
 
 
 def _load(port: int, path: str, bodies: list[bytes], headers: dict, concurrency: int, seconds: float):
@@ -190,40 +198,38 @@ def run(args) -> dict:
             bare.terminate()
             bare.join(10)
 
-        # (a) the full Ray Serve app, through its proxy; and the same replica on its direct ingress port.
-        port, direct_port = _free_port(), _free_port()
+        # (a) the full Ray Serve app, through HAProxy; Serve's Python proxy; the replica's own port.
+        port, direct_port, proxy_port = _free_port(), _free_port(), _free_port()
         saved_env = dict(os.environ)
-        os.environ.update(ray_environment(serve_settings(direct_ingress_port=direct_port)))
+        os.environ.update(ray_environment(serve_settings(direct_ingress_port=direct_port, haproxy=True)))
+        os.environ.update(RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(proxy_port), RAY_SERVE_HAPROXY_STATS_PORT=str(
+            _free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()))
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0.5"  # no client is left at shutdown
+        spawn = multiprocessing.get_context("spawn")
+        go, stop = spawn.Event(), spawn.Event()
+        publisher = spawn.Process(target=_publisher, args=(str(root), go, stop), daemon=True)
+        publisher.start()  # now, so that its imports are done before it is needed
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
             start_serve(root, "bench", port=port, poll_interval_s=0.25)
             _wait_ready(port)
             ray_json = _json_phases(port, seconds)
             arrow, arrow_failures = _arrow_phase(port, body, args.arrow_events, seconds)
+            _wait_ready(proxy_port)
+            proxy_json = _json_phases(proxy_port, seconds)
             _wait_ready(direct_port)
             direct_json = _json_phases(direct_port, seconds)
             direct_arrow, _ = _arrow_phase(direct_port, body, args.arrow_events, seconds)
 
-            # Hot swap: single-event requests at concurrency 8 while versions are published.
-            stop = threading.Event()
-
-            def publisher() -> None:
-                seed = 2
-                while not stop.wait(0.5):
-                    _publish(root, "bench", seed)
-                    seed += 1
-
-            thread = threading.Thread(target=publisher)
-            thread.start()
-            try:
-                bodies = [json.dumps({"events": [_event(i)]}).encode() for i in range(64)]
-                swap_latencies, swap_failures, swap_versions, swap_elapsed = _load(
-                    port, "/v1/models/bench/predict", bodies, {"Content-Type": "application/json"}, 8, seconds)
-            finally:
-                stop.set()
-                thread.join()
+            # Hot swap: single-event requests at concurrency 8 while another process publishes versions,
+            # as the trainer does; publishing from a thread here would stall the client on its GIL.
+            go.set()
+            bodies = [json.dumps({"events": [_event(i)]}).encode() for i in range(64)]
+            swap_latencies, swap_failures, swap_versions, swap_elapsed = _load(
+                port, "/v1/models/bench/predict", bodies, {"Content-Type": "application/json"}, 8, seconds)
         finally:
+            stop.set()
+            publisher.join(30)
             stop_serve()
             ray.shutdown()
             os.environ.clear()
@@ -235,6 +241,7 @@ def run(args) -> dict:
         "json_c1_p99_ms": round(ray_json["c1"]["p99_ms"], 2),
         "json_c8_p50_ms": round(ray_json["c8"]["p50_ms"], 2),
         "json_c8_p99_ms": round(ray_json["c8"]["p99_ms"], 2),
+        "json_c8_max_ms": round(ray_json["c8"]["max_ms"], 2),
         "json_c8_req_per_s": round(ray_json["c8"]["req_per_s"], 1),
         "bare_c1_p50_ms": round(bare_json["c1"]["p50_ms"], 2),
         "bare_c8_p99_ms": round(bare_json["c8"]["p99_ms"], 2),
@@ -244,6 +251,10 @@ def run(args) -> dict:
         "arrow_events_per_s": round(arrow),
         "arrow_failed_requests": arrow_failures,
         "bare_arrow_events_per_s": round(bare_arrow),
+        "proxy_c1_p50_ms": round(proxy_json["c1"]["p50_ms"], 2),
+        "proxy_c8_p99_ms": round(proxy_json["c8"]["p99_ms"], 2),
+        "proxy_c8_req_per_s": round(proxy_json["c8"]["req_per_s"], 1),
+        "proxy_ratio_vs_bare": round(proxy_json["c8"]["req_per_s"] / bare_json["c8"]["req_per_s"], 3),
         "direct_c1_p50_ms": round(direct_json["c1"]["p50_ms"], 2),
         "direct_c8_p99_ms": round(direct_json["c8"]["p99_ms"], 2),
         "direct_c8_req_per_s": round(direct_json["c8"]["req_per_s"], 1),
