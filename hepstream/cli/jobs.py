@@ -133,7 +133,8 @@ def run_serve(args) -> int:
     ray.init(include_dashboard=False, logging_level="WARNING")
     try:
         url = start_serve(Path(config.store.path).resolve(), config.model.name, settings=config.serve)
-        print(f"serving model {config.model.name!r} from {config.store.path} on {url}", flush=True)
+        through = " through Serve's HAProxy ingress" if config.serve.haproxy else ""
+        print(f"serving model {config.model.name!r} from {config.store.path} on {url}{through}", flush=True)
         if config.serve.direct_ingress_port is not None:
             print(f"replicas also answer directly from http://{config.serve.host}:{config.serve.direct_ingress_port}",
                   flush=True)
