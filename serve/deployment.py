@@ -93,9 +93,9 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     Python proxy and forwards to those replica ports, which it needs, so they
     start from 30000 when ``direct_ingress_port`` is unset. HAProxy runs
     through ``hepstream-haproxy`` (:mod:`hepstream.serve.haproxy`), so that
-    all its ports stay on ``host``. Serve's proxy had set the pace: 91 requests/s
-    at concurrency 8 with p99 141 ms, against 370 and 29 ms through HAProxy
-    (bench serve, 2 cores).
+    all its ports stay on ``host``. Serve's proxy had set the pace: 91-105
+    requests/s at concurrency 8 with p99 109-121 ms, against 405-432 and
+    32-36 ms through HAProxy (bench serve, three runs on 2 cores).
     """
     first = settings.direct_ingress_port
     if first is None and not settings.haproxy:
