@@ -23,6 +23,8 @@ to following the newest version when the pin is removed.
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import logging
 import os
@@ -33,6 +35,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache  # once per process: later calls would only pin what is garbage by then
+def _freeze_long_lived_objects() -> None:
+    """Leave the objects that exist once a first model is loaded out of every later garbage collection.
+
+    A server's modules, app and model live as long as it does, but Python's
+    full collections walk them all each time: about 120k objects in a replica,
+    a 40-55 ms pause on 2 cores that every request in flight waits out, once
+    every few seconds under load (bench serve: the slowest request of each
+    phase, 70-80 ms, with or without swaps). Ray Serve freezes what exists
+    after a replica's constructor; the first load imports the model's code
+    and builds the app's remaining state, so freezing again here covers them.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Store(Protocol):
@@ -166,6 +184,8 @@ class ModelWatcher:
             self._hold_until_due(model)
         self._current = model  # the swap: one reference, atomic for every reader
         self.swaps += 1
+        if self.swaps == 1:
+            _freeze_long_lived_objects()
         self._recovered()
         logger.info("model %s: serving version %d%s (was %s), loaded in %.0f ms", model.name, wanted,
                     " (pinned)" if self.pinned is not None else "", current.version if current is not None else "none", (time.perf_counter() - started) * 1e3)

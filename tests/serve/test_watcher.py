@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -176,3 +177,27 @@ def test_a_pinned_version_is_not_held(store, tmp_path):
     assert not polling.is_alive()
     assert watcher.current.version == 2
     watcher.stop()
+
+
+def test_the_first_swap_leaves_what_exists_then_out_of_later_collections(store):
+    from hepstream.serve import watcher as watcher_module
+
+    def collected(thing) -> bool:  # still walked by the collector, not frozen
+        return any(candidate is thing for candidate in gc.get_objects())
+
+    watcher_module._freeze_long_lived_objects.cache_clear()
+    gc.unfreeze()
+    try:
+        built_before = [[]]  # as a first load's imports and model would be
+        assert collected(built_before)
+        watcher = ModelWatcher(store)
+        store.publish(1)
+        assert watcher.poll() is True
+        assert not collected(built_before)
+
+        built_later = [[]]
+        store.publish(2)
+        assert watcher.poll() is True
+        assert collected(built_later)  # once per process
+    finally:
+        gc.unfreeze()
