@@ -156,7 +156,7 @@ def _jagged_column(lists: list, name: str, locate: Locate) -> pa.Array:
     values = _finite_doubles(flat, field)
     try:
         # Checked above, converted again: pyarrow builds offsets and values in one call, which for the
-        # few events of a typical request costs a third of building them from numpy arrays.
+        # few events of a typical request costs half of building them from numpy arrays.
         return pa.array(lists, type=_JAGGED)
     except pa.ArrowInvalid:  # an integer beyond int64 that a double holds: pyarrow refuses it, numpy did not
         return pa.ListArray.from_arrays(pa.array([0, *accumulate(map(len, lists))], type=pa.int32()), values)
