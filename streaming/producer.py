@@ -17,8 +17,6 @@ the selection has been checked against the first readable file.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import logging
@@ -35,6 +33,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from hepstream import wire
 from hepstream.config import Config, ConfigError, FileSpec, KafkaConfig
 from hepstream.expressions import ExpressionError
+from hepstream.malloc import tune_malloc
 from hepstream.streaming.manifest import Manifest, task_path
 from hepstream.streaming.progress import Progress
 from hepstream.streaming.reader import (FileReader, ReadChunk, ReadPlan, SourceError, check_selection,
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 
 # Headers, key and the Kafka record batch framing around an IPC value.
 _MESSAGE_OVERHEAD = 16_384
-_M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameter numbers
 # Entries of the first readable file on which cuts and definitions are tried before publishing.
 _PREFLIGHT_ENTRIES = 100
 
@@ -68,14 +66,9 @@ def tune_malloc_for_chunks(arenas: int = 2, mmap_threshold: int = 4 << 20) -> No
     time against 0.50M and 3.0 s at 4 MB (1.04M against 1.11M events/s, peak
     RSS 308 against 315 MB). A process-wide setting, so the producer's entry
     points (``hepstream produce``, the benchmark) call it, not the library
-    class. Without glibc (musl, macOS) nothing changes.
+    class.
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, arenas)
-        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
-    except (OSError, AttributeError) as error:
-        log.debug("malloc left as it is: %s", error)
+    tune_malloc(arenas=arenas, mmap_threshold=mmap_threshold)
 
 
 class BrokerUnavailable(RuntimeError):
