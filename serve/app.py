@@ -78,6 +78,7 @@ def create_app(store: Any, *, model_name: str, settings: ServeConfig | None = No
             yield
         finally:
             watcher.stop()
+            serving.close()
 
     app = FastAPI(title="hepstream", version=__version__, lifespan=lifespan,
                   summary="Models trained on streamed HEP events, served by branch name")

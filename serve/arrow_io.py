@@ -52,7 +52,8 @@ def parse_arrow(body: bytes, inputs: Sequence[BranchSpec], max_events: int) -> p
             what = "missing" if branch.name not in names else "sent more than once"
             raise RequestError(422, f"branch {branch.name!r} is {what} (the model reads "
                                     f"{', '.join(b.name for b in inputs)})", branch.name)
-        column = table.column(branch.name).combine_chunks()
+        column = table.column(branch.name)
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # one batch: no copy
         try:
             column.validate(full=True)
         except pa.ArrowInvalid as error:
@@ -69,8 +70,8 @@ def _flat(column: pa.Array, name: str) -> pa.Array:
     if not _numeric(column.type):
         raise RequestError(422, f"{name} must be a column of numbers, got Arrow type {column.type}", name)
     _no_nulls(column, name)
-    doubles = column.cast(_FLAT, safe=False)
-    _finite(doubles.to_numpy(zero_copy_only=False), np.arange(len(column) + 1), name)
+    doubles = column if column.type == _FLAT else column.cast(_FLAT, safe=False)
+    _finite(doubles.to_numpy(zero_copy_only=False), None, name)
     return doubles
 
 
@@ -81,7 +82,7 @@ def _jagged(column: pa.Array, name: str) -> pa.Array:
         raise RequestError(422, f"{name} is a jagged branch and must be a list<number> column, "
                                 f"got Arrow type {type_}", name)
     _no_nulls(column, name)
-    lists = column.cast(_JAGGED, safe=False)
+    lists = column if column.type == _JAGGED else column.cast(_JAGGED, safe=False)
     values = lists.flatten()
     offsets = lists.offsets.to_numpy()
     if values.null_count:
@@ -97,11 +98,12 @@ def _no_nulls(column: pa.Array, name: str) -> None:
         raise RequestError(422, f"{name} is null in {column.null_count} event(s)", f"{name}[{first}]")
 
 
-def _finite(values: np.ndarray, offsets: np.ndarray, name: str) -> None:
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise RequestError(422, f"{values[bad[0]]} is not accepted; values must be finite numbers",
-                           _event(name, offsets, int(bad[0])))
+def _finite(values: np.ndarray, offsets: np.ndarray | None, name: str) -> None:
+    if np.isfinite(values).all():
+        return
+    bad = int(np.flatnonzero(~np.isfinite(values))[0])
+    raise RequestError(422, f"{values[bad]} is not accepted; values must be finite numbers",
+                       f"{name}[{bad}]" if offsets is None else _event(name, offsets, bad))
 
 
 def _event(name: str, offsets: np.ndarray, k: int) -> str:

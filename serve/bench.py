@@ -163,7 +163,9 @@ def _bare_server(root: str, port: int) -> None:
 
     from hepstream.models.store import ModelStore
     from hepstream.serve.app import create_app
+    from hepstream.serve.scoring import tune_malloc_for_batches
 
+    tune_malloc_for_batches()  # as every Serve replica does
     logging.getLogger("uvicorn.access").disabled = True
     app = create_app(ModelStore(root, "bench"), model_name="bench", poll_interval_s=0.5)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -21,7 +21,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import batch_of
@@ -53,7 +52,7 @@ def tfaas_router(serving: Serving) -> APIRouter:
         document = _row(await request.body())
         model = await serving.model(document.get("model", serving.model_name), field="model")
         try:
-            batch = await run_in_threadpool(_batch, document, model.inputs)
+            batch = await serving.in_worker(_batch, document, model.inputs)
             scores = await serving.score(model, batch)
         except RequestError as error:
             error.headers.update(version_headers(model))

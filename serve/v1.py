@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from hepstream.serve.arrow_io import ARROW_STREAM, parse_arrow, scores_body
 from hepstream.serve.errors import RequestError
@@ -83,7 +82,7 @@ def v1_router(serving: Serving, max_events: int) -> APIRouter:
             if len(body) <= PARSE_ON_LOOP_BYTES:
                 batch = parse(body, model.inputs, max_events)
             else:  # long and CPU-bound: off the event loop, so health checks and other requests still answer
-                batch = await run_in_threadpool(parse, body, model.inputs, max_events)
+                batch = await serving.in_worker(parse, body, model.inputs, max_events)
             scores = await serving.score(model, batch)
         except RequestError as error:
             error.headers.update(version_headers(model))  # the inputs a 422 is about belong to this version
@@ -122,17 +121,17 @@ def v1_router(serving: Serving, max_events: int) -> APIRouter:
     async def pin_version(name: str, request: Request) -> dict:
         serving.check_name(name)
         version = _pin_request(await request.body())
-        versions = await run_in_threadpool(store.versions)
+        versions = await serving.in_worker(store.versions)
         if version not in versions:
             raise RequestError(404, f"model {name!r} has no version {version}; versions on disk: {versions}",
                                "version")
-        await run_in_threadpool(write_pin, _writable(pin_file), version)
+        await serving.in_worker(write_pin, _writable(pin_file), version)
         return {"model": name, "pinned": version}
 
     @router.delete("/models/{name}/pin", status_code=202, summary="Follow the newest version again")
     async def unpin(name: str) -> dict:
         serving.check_name(name)
-        await run_in_threadpool(write_pin, _writable(pin_file), None)
+        await serving.in_worker(write_pin, _writable(pin_file), None)
         return {"model": name, "pinned": None}
 
     @router.get("/health/live")
