@@ -188,17 +188,24 @@ def descending_order(offsets: np.ndarray, key: np.ndarray) -> np.ndarray:
     return np.lexsort((-key, event))
 
 
-def slot_targets(offsets: np.ndarray, length: int, row_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def slot_targets(offsets: np.ndarray, length: int,
+                 row_width: int) -> tuple[np.ndarray | slice, np.ndarray, np.ndarray]:
     """Where the first ``length`` objects of each event go: their index in the flat values, the flat index
     of their cell in a row-major matrix ``row_width`` wide (relative to the collection's first column), and
-    their slot.
+    their slot. When no event has more than ``length`` objects, the index is ``slice(None)``: all, in order,
+    which selects without a copy.
 
     >>> source, target, slot = slot_targets(np.array([0, 3, 3, 4]), 2, 10)
     >>> source.tolist(), target.tolist(), slot.tolist()
     ([0, 1, 3], [0, 1, 20], [0, 1, 0])
+    >>> slot_targets(np.array([0, 2, 2, 3]), 2, 10)[0]
+    slice(None, None, None)
     """
-    event = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    counts = np.diff(offsets)
+    event = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), counts)
     slot = np.arange(offsets[-1], dtype=np.int64) - offsets[event]
+    if not counts.size or counts.max() <= length:
+        return slice(None), event * row_width + slot, slot
     kept = np.flatnonzero(slot < length)
     slot, event = slot[kept], event[kept]
     return kept, event * row_width + slot, slot
