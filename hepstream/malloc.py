@@ -12,9 +12,8 @@ threads, and glibc's defaults serve them badly in two ways:
 
 Each entry point sets the numbers that fit its buffers, once, before its
 threads start: the setting is process-wide, so no library class does it.
-Without glibc (musl, macOS) nothing changes.
-
->>> tune_malloc(arenas=4, mmap_threshold=32 << 20, trim_threshold=64 << 20)
+Without glibc (musl, macOS) nothing changes. ``tests/core/test_malloc.py``
+shows the effect, in a process of its own.
 """
 
 from __future__ import annotations
