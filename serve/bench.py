@@ -2,18 +2,25 @@
 
 One untrained MLP over the demo's branches is published to a scratch store and
 served twice: (a) by the full Ray Serve deployment (ingress, batching,
-replica) and (b) by the same ``create_app`` on bare uvicorn in a child
-process. The same client loads both: keep-alive ``http.client`` connections,
-one per thread, sending single-event JSON requests at concurrency 1 and 8;
-then batched Arrow requests of 10k events; then single-event requests at
+replicas) and (b) by the same ``create_app`` on bare uvicorn in a child
+process. Both run one process per core of the 2-core reference machine
+(``--processes``): Serve two replicas, uvicorn two workers. A second process
+is how either uses a second core: a replica's threads share one interpreter
+lock, which its stream reading and feature pipeline hold (10k-event Arrow
+requests at concurrency 2, paired runs: 779k-811k events/s with one
+replica, 951k-1,067k with two).
+
+The same client loads both: keep-alive ``http.client`` connections, one per
+thread, sending single-event JSON requests at concurrency 1 and 8; then
+batched Arrow requests of 10k events; then single-event requests at
 concurrency 8 while new versions are published every half second (hot swap).
 
 Serve is deployed as ``serve.haproxy: true`` sets it up: Serve's HAProxy
-answers on the app's port and forwards to the replica's own port (direct
+answers on the app's port and forwards to the replicas' own ports (direct
 ingress); its figures are the headline ones. Serve's Python proxy, which
 answers with the default ``serve.haproxy: false`` and still runs behind
 HAProxy as its fallback, is measured on its own port in the same run
-(``proxy_*``), and so is the replica's own port (``direct_*``).
+(``proxy_*``), and so is the first replica's own port, alone (``direct_*``).
 
 Top-level imports are the standard library only: the CLI imports this module
 to build its parser.
@@ -27,6 +34,8 @@ import multiprocessing
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -36,6 +45,8 @@ from pathlib import Path
 def add_arguments(parser) -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each load phase (default: 4)")
     parser.add_argument("--arrow-events", type=int, default=10_000, help="events per Arrow request")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="Serve replicas and bare uvicorn workers (default: 2, one per core of the reference machine)")
 
 
 def _free_port() -> int:
@@ -156,19 +167,27 @@ def _pick(result):
     return latencies, elapsed
 
 
-def _bare_server(root: str, port: int) -> None:
-    import logging
+_BARE_STORE = "HEPSTREAM_BENCH_STORE"  # how the bare server's workers find the store
 
-    import uvicorn
 
+def bare_app():
+    """The app of one bare uvicorn worker; uvicorn calls it in each worker process."""
     from hepstream.models.store import ModelStore
     from hepstream.serve.app import create_app
     from hepstream.serve.scoring import tune_malloc_for_batches
 
-    tune_malloc_for_batches()  # as every Serve replica does
-    logging.getLogger("uvicorn.access").disabled = True
-    app = create_app(ModelStore(root, "bench"), model_name="bench", poll_interval_s=0.5)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    import torch
+
+    torch.set_num_threads(1)  # as every Serve replica does, and:
+    tune_malloc_for_batches()
+    return create_app(ModelStore(os.environ[_BARE_STORE], "bench"), model_name="bench", poll_interval_s=0.5)
+
+
+def _start_bare_server(root: str, port: int, workers: int) -> subprocess.Popen:
+    """uvicorn with ``workers`` worker processes serving :func:`bare_app`, as an operator would start it."""
+    command = [sys.executable, "-m", "uvicorn", f"{__name__}:bare_app", "--factory", "--workers", str(workers),
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    return subprocess.Popen(command, env={**os.environ, _BARE_STORE: root}, stdin=subprocess.DEVNULL)
 
 
 def _wait_ready(port: int, timeout_s: float = 120.0) -> None:
@@ -201,20 +220,24 @@ def run(args) -> dict:
 
         # (b) bare uvicorn, in its own process so that the client does not share its interpreter.
         bare_port = _free_port()
-        bare = multiprocessing.get_context("spawn").Process(target=_bare_server, args=(str(root), bare_port))
-        bare.start()
+        bare = _start_bare_server(str(root), bare_port, args.processes)
         try:
             _wait_ready(bare_port)
             bare_json = _json_phases(bare_port, seconds)
             bare_arrow, _ = _arrow_phase(bare_port, body, args.arrow_events, seconds)
         finally:
-            bare.terminate()
-            bare.join(10)
+            bare.terminate()  # uvicorn stops its workers on SIGTERM
+            try:
+                bare.wait(30)
+            except subprocess.TimeoutExpired:
+                bare.kill()
+                bare.wait()
 
         # (a) the full Ray Serve app, through HAProxy; Serve's Python proxy; the replica's own port.
         port, direct_port, proxy_port = _free_port(), _free_port(), _free_port()
         saved_env = dict(os.environ)
-        os.environ.update(ray_environment(serve_settings(direct_ingress_port=direct_port, haproxy=True)))
+        os.environ.update(ray_environment(serve_settings(direct_ingress_port=direct_port, haproxy=True,
+                                                         replicas=args.processes)))
         os.environ.update(RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(proxy_port), RAY_SERVE_HAPROXY_STATS_PORT=str(
             _free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()))
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0.5"  # no client is left at shutdown
@@ -222,9 +245,9 @@ def run(args) -> dict:
         go, stop = spawn.Event(), spawn.Event()
         publisher = spawn.Process(target=_publisher, args=(str(root), go, stop), daemon=True)
         publisher.start()  # now, so that its imports are done before it is needed
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(num_cpus=max(2, args.processes), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
-            start_serve(root, "bench", port=port, poll_interval_s=0.25)
+            start_serve(root, "bench", port=port, poll_interval_s=0.25, replicas=args.processes)
             _wait_ready(port)
             ray_json = _json_phases(port, seconds)
             arrow, arrow_failures = _arrow_phase(port, body, args.arrow_events, seconds)
@@ -250,6 +273,7 @@ def run(args) -> dict:
 
     swap = _summary(swap_latencies, swap_elapsed)
     return {
+        "processes": args.processes,
         "json_c1_p50_ms": round(ray_json["c1"]["p50_ms"], 2),
         "json_c1_p99_ms": round(ray_json["c1"]["p99_ms"], 2),
         "json_c8_p50_ms": round(ray_json["c8"]["p50_ms"], 2),
