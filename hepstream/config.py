@@ -288,6 +288,9 @@ class ServeConfig(_Section):
                           description="Serve's HAProxy ingress answers on host:port instead of its Python proxy, "
                                       "forwarding to the replicas' own ports (from direct_ingress_port, or 30000, "
                                       "up); read when Ray starts")
+    ray_metrics: bool = Field(default=False,
+                              description="Ray's own metrics pipeline (Serve's ray_serve_* series, Ray's dashboard), "
+                                          "beside hepstream's /metrics; read when Ray starts")
 
 
 class Config(_Section):

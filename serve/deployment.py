@@ -97,15 +97,25 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     all its ports stay on ``host``. Serve's proxy had set the pace: 91-105
     requests/s at concurrency 8 with p99 109-121 ms, against 405-432 and
     32-36 ms through HAProxy (bench serve, three runs on 2 cores).
+
+    Unless ``ray_metrics`` is set, Ray's own metrics are off
+    (``RAY_enable_metrics_collection=0``): every replica records Ray's metrics
+    of each request, and every few seconds Ray's dashboard agent gathers and
+    exports them. On a busy 2-core node that took a core for 100-150 ms, and
+    the requests in flight waited it out: single-event requests at
+    concurrency 8 through two replicas, 12 s each, stalled every 3-4 s (slowest
+    92-133 ms, p99 32-43 ms); with the metrics off, none (slowest 41 ms, p99
+    29 ms). hepstream's own ``/metrics`` does not go through Ray.
     """
+    environment = {} if settings.ray_metrics else {"RAY_enable_metrics_collection": "0"}
     first = settings.direct_ingress_port
     if first is None and not settings.haproxy:
-        return {}
+        return environment
     replicas = settings.autoscaling.max_replicas if settings.autoscaling is not None else settings.replicas
     first = first or DEFAULT_DIRECT_INGRESS_PORT
-    environment = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
-                   "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 2 * replicas - 1),
-                   "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+    environment.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+                        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 2 * replicas - 1),
+                        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"})
     if settings.haproxy:
         environment.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=_haproxy_wrapper())
     return environment

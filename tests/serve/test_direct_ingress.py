@@ -30,8 +30,9 @@ def _free_port() -> int:
 
 
 def test_ray_environment_asks_for_ports_only_when_configured():
-    assert ray_environment(ServeConfig()) == {}
-    assert ray_environment(ServeConfig(direct_ingress_port=30100, replicas=2)) == {
+    assert ray_environment(ServeConfig()) == {"RAY_enable_metrics_collection": "0"}
+    assert ray_environment(ServeConfig(ray_metrics=True)) == {}
+    assert ray_environment(ServeConfig(direct_ingress_port=30100, replicas=2, ray_metrics=True)) == {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "30100",
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30103",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
