@@ -276,7 +276,8 @@ class ServeConfig(_Section):
     tokens_file: Path | None = Field(default=None, description="File of bearer tokens, one per line")
     tokens_env: str = Field(default="HEPSTREAM_TOKENS", description="Environment variable of comma-separated tokens")
     max_batch_size: int = Field(default=32, ge=1, description="Requests scored together by one model call")
-    batch_wait_timeout_s: float = Field(default=0.002, ge=0, description="Longest wait for a batch to fill")
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0,
+                                        description="Longest wait for a batch to fill; 0 batches what is waiting")
     replicas: int = Field(default=1, ge=1, description="Ray Serve replicas, when autoscaling is unset")
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts at once")
