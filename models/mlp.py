@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -9,6 +11,7 @@ from torch import nn
 FUSED_MIN_ROWS = 4096  # below this torch's own kernels are faster (4096 rows: 1.91-2.00 ms fused, 2.27 eager)
 
 
+@functools.cache  # a property of the torch build; asked on every big forward pass
 def fused_linear_available() -> bool:
     """Whether this torch build has oneDNN's fused linear kernel, which CPU builds with oneDNN have."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
