@@ -7,6 +7,7 @@ docs/configuration.md); ``HEPSTREAM_CONFIG`` sets it from the environment.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import sys
 import warnings
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A native crash (a segfault inside torch, Arrow or a client library) leaves no Python traceback;
+    # with the fault handler on, every command's stderr gets the stacks of all threads at the fault.
+    faulthandler.enable(all_threads=True)
     args = build_parser().parse_args(argv)
     # XRootD's exit hook inspects every live object, tripping a torch deprecation notice on the way.
     warnings.filterwarnings("ignore", message=r"`torch.distributed.reduce_op` is deprecated")
