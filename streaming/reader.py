@@ -138,6 +138,7 @@ class FileReader:
         self.finished = finished
         self.next_entry = 0
         self.retries = 0
+        self.file_entries: int | None = None  # the tree's entries, once the file has been opened
 
     def __iter__(self) -> Iterator[ReadChunk]:
         waits = self.plan.backoff.waits()
@@ -167,7 +168,7 @@ class FileReader:
                 raise SourceError(self.source.url, f"tree {self.source.tree!r} {error}") from None
             file_uuid = str(file.file.uuid)
             step = min(entries_per_step(tree, file_plan.read, self.plan.step_bytes), self.plan.max_chunk_events)
-            total = tree.num_entries
+            total = self.file_entries = tree.num_entries
             start = entry_start
             while start < total and self.finished(ChunkId(file_uuid, self.source.tree, start, min(start + step, total))):
                 start += step
@@ -186,7 +187,8 @@ class FileReader:
             selected, rows = self.plan.selection.apply(arrays, file_plan)
         except ExpressionError as error:
             raise SourceError(self.source.url, str(error)) from None
-        chunk = Chunk(chunk_id, self.plan.dataset, self.source.url, awkward_to_batch(selected), self.source.label)
+        chunk = Chunk(chunk_id, self.plan.dataset, self.source.url, awkward_to_batch(selected), self.source.label,
+                      self.file_entries)
         entries = None if rows is None else rows + chunk_id.entry_start
         return ReadChunk(chunk, index, entries)
 
