@@ -106,7 +106,7 @@ def _open_tree(source: Source, timeout_s: float):
             raise
         raise SourceError(source.url, f"cannot open as a ROOT file: {error}") from None
     try:
-        return file, file[source.tree]
+        tree = file[source.tree]
     except KeyError:
         keys = file.keys(cycle=False)
         file.close()
@@ -116,6 +116,19 @@ def _open_tree(source: Source, timeout_s: float):
         if is_transient(error, source.url):
             raise
         raise SourceError(source.url, f"cannot read tree {source.tree!r}: {type(error).__name__}: {error}") from None
+    if not isinstance(tree, uproot.TTree):
+        file.close()
+        kind = "an RNTuple" if isinstance(tree, uproot.behaviors.RNTuple.RNTuple) else f"a {getattr(tree, 'classname', type(tree).__name__)}"
+        raise SourceError(source.url, f"not supported: {source.url} {source.tree} is {kind}, hepstream reads TTrees")
+    return file, tree
+
+
+def _groups(tree) -> dict[str, tuple[str, ...]]:
+    """Each grouping branch of ``tree`` and the sub-branches under it that hold data of their own (no sub-branches)."""
+    branches = dict(tree.iteritems())
+    leaves = [name for name, branch in branches.items() if not branch.branches]
+    return {name: tuple(leaf for leaf in leaves if leaf.startswith(f"{name}/"))
+            for name, branch in branches.items() if branch.branches}
 
 
 def entries_per_step(tree, branches, step_bytes: int) -> int:
@@ -163,7 +176,7 @@ class FileReader:
         file, tree = _open_tree(self.source, self.plan.timeout_s)
         with file:
             try:
-                file_plan = self.plan.selection.resolve(tree.keys())
+                file_plan = self.plan.selection.resolve(tree.keys(), _groups(tree))
             except MissingBranches as error:
                 raise SourceError(self.source.url, f"tree {self.source.tree!r} {error}") from None
             file_uuid = str(file.file.uuid)
