@@ -210,7 +210,8 @@ def split_to_fit(read: ReadChunk, limit: int, compression: str) -> Iterator[tupl
     middle = start + half if read.entries is None else int(read.entries[half])
     for lo, hi, offset, length, rows in ((start, middle, 0, half, slice(None, half)),
                                          (middle, stop, half, chunk.events - half, slice(half, None))):
-        piece = replace(chunk, id=replace(chunk.id, entry_start=lo, entry_stop=hi), batch=chunk.batch.slice(offset, length))
+        piece = replace(chunk, id=replace(chunk.id, entry_start=lo, entry_stop=hi),
+                        batch=chunk.batch.slice(offset, length))
         yield from split_to_fit(ReadChunk(piece, read.index, None if read.entries is None else read.entries[rows]),
                                 limit, compression)
 

@@ -118,7 +118,8 @@ def _open_tree(source: Source, timeout_s: float):
         raise SourceError(source.url, f"cannot read tree {source.tree!r}: {type(error).__name__}: {error}") from None
     if not isinstance(tree, uproot.TTree):
         file.close()
-        kind = "an RNTuple" if isinstance(tree, uproot.behaviors.RNTuple.RNTuple) else f"a {getattr(tree, 'classname', type(tree).__name__)}"
+        rntuple = isinstance(tree, uproot.behaviors.RNTuple.RNTuple)
+        kind = "an RNTuple" if rntuple else f"a {getattr(tree, 'classname', type(tree).__name__)}"
         raise SourceError(source.url, f"not supported: {source.url} {source.tree} is {kind}, hepstream reads TTrees")
     return file, tree
 
