@@ -87,9 +87,9 @@ def test_poisoned_batches_are_refused_naming_the_column(poison):
         "offsets running backwards": "non-monotonic offset at slot 6: 15 < 18",
         "offsets past the child's end": "offset for slot 64 out of bounds: 1192 > 192",
         "negative first offset": "starts at negative offset -7",
-        "child shorter than its parent": r"child array #0 has length smaller than expected for struct array \(7914 < 7919\)",
+        "child shorter than its parent": r"child array #0 has length smaller than expected .* \(7914 < 7919\)",
         "truncated buffer": "Buffer #1 too small in array of type double and length 11919",
-        "unsupported type": "type dictionary<values=string, indices=int32, ordered=0> is not one the wire format allows",
+        "unsupported type": "type dictionary<values=string, indices=int32, ordered=0> is not one the wire format",
     }
     assert re.search(expected[poison], str(refused.value)), refused.value
 

@@ -94,8 +94,8 @@ def test_a_file_failing_midway_is_reported_partial_with_how_far_it_got(broker, u
     partial = report["partial"][str(path)]
     assert partial["file_entries"] == 2500 and 0 < partial["entries_published"] <= 2000
     assert partial["error"].startswith(f"reading failed at entry {partial['entries_published']}")
-    chunks = sorted((wire.decode(r.key, r.value, r.headers) for r in read_topic(broker.bootstrap, config.dataset.topic)),
-                    key=lambda c: c.id.entry_start)
+    records = read_topic(broker.bootstrap, config.dataset.topic)
+    chunks = sorted((wire.decode(r.key, r.value, r.headers) for r in records), key=lambda c: c.id.entry_start)
     assert {c.file_entries for c in chunks} == {2500}  # every chunk says the file is longer than the topic holds
     assert [c.id.entry_start for c in chunks] == [0] + [c.id.entry_stop for c in chunks[:-1]]
     assert chunks[-1].id.entry_stop == partial["entries_published"] == report["events"]
