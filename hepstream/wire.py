@@ -16,6 +16,8 @@ import awkward as ak
 import numpy as np
 import pyarrow as pa
 
+from hepstream.wire_check import InvalidColumn, check_batch
+
 FORMAT_VERSION = 1
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 
@@ -57,13 +59,19 @@ class ChunkId:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A decoded message: the events as an Arrow record batch, plus where they came from."""
+    """A decoded message: the events as an Arrow record batch, plus where they came from.
+
+    ``file_entries`` is the number of entries in the chunk's tree, so a
+    consumer can tell a file seen whole from a prefix; messages of producers
+    older than this field decode with ``None``.
+    """
 
     id: ChunkId
     dataset: str
     source: str
     batch: pa.RecordBatch
     label: int | None = None
+    file_entries: int | None = None
 
     @property
     def events(self) -> int:
@@ -174,6 +182,8 @@ def encode(chunk: Chunk, compression: str | None = "zstd") -> tuple[bytes, memor
     }
     if chunk.label is not None:
         headers["label"] = str(chunk.label)
+    if chunk.file_entries is not None:
+        headers["file_entries"] = str(chunk.file_entries)
     value = memoryview(sink.getvalue()).cast("B").toreadonly()
     return chunk.id.key(), value, [(name, text.encode()) for name, text in headers.items()]
 
@@ -195,7 +205,11 @@ def _int_header(headers: dict[str, str], name: str) -> int:
 
 
 def decode(key: bytes | None, value: bytes | None, headers) -> Chunk:
-    """Parse one message; any defect raises :class:`WireError` naming the header or byte offset."""
+    """Parse and check one message; any defect raises :class:`WireError` naming the header, byte offset or column.
+
+    The batch's buffers are validated in full (:mod:`hepstream.wire_check`),
+    so what this returns is safe to hand to numpy and torch.
+    """
     meta = _header_map(headers)
     version = meta.get("format_version")
     if version != str(FORMAT_VERSION):
@@ -217,5 +231,10 @@ def decode(key: bytes | None, value: bytes | None, headers) -> Chunk:
     declared = _int_header(meta, "events")
     if declared != batch.num_rows:
         raise WireError(f"header 'events' says {declared} but the record batch has {batch.num_rows} rows")
+    try:
+        check_batch(batch)
+    except InvalidColumn as error:
+        raise WireError(f"record batch of {chunk_id.key().decode()!r}: {error}") from None
     label = _int_header(meta, "label") if "label" in meta else None
-    return Chunk(chunk_id, meta.get("dataset", ""), meta.get("source", ""), batch, label)
+    file_entries = _int_header(meta, "file_entries") if "file_entries" in meta else None
+    return Chunk(chunk_id, meta.get("dataset", ""), meta.get("source", ""), batch, label, file_entries)

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
@@ -77,6 +77,8 @@ class BrokerUnavailable(RuntimeError):
 
 @dataclass
 class FileReport:
+    """One file's outcome. A file with an error is *partial* when some of its entries are on the topic."""
+
     url: str
     sample: str | None = None
     chunks: int = 0
@@ -85,6 +87,12 @@ class FileReport:
     skipped_chunks: int = 0  # acknowledged in an earlier run, per the manifest
     retries: int = 0
     error: str | None = None
+    entries_published: int = 0  # entries whose chunks are on the topic, from this run or an earlier one
+    file_entries: int | None = None  # entries in the file's tree, once it could be opened
+
+    @property
+    def partial(self) -> bool:
+        return self.error is not None and self.entries_published > 0
 
 
 @dataclass
@@ -103,13 +111,17 @@ class ProduceReport:
 
     @property
     def failed(self) -> list[FileReport]:
+        """Every file with an error, partial ones included: the run did not publish it whole."""
         return [f for f in self.files if f.error]
 
     def as_dict(self) -> dict:
+        """The run's summary; a partial file is listed under ``partial``, not ``failures``, with how far it got."""
+        partial = [f for f in self.failed if f.partial]
         return {
             "topic": self.topic,
             "files_ok": len(self.files) - len(self.failed),
-            "files_failed": len(self.failed),
+            "files_failed": len(self.failed) - len(partial),
+            "files_partial": len(partial),
             "events": self.events,
             "bytes": self.bytes,
             "chunks": sum(f.chunks for f in self.files),
@@ -117,7 +129,9 @@ class ProduceReport:
             "retries": sum(f.retries for f in self.files),
             "elapsed_s": round(self.elapsed_s, 3),
             "events_per_s": round(self.events / self.elapsed_s) if self.elapsed_s else 0,
-            "failures": {f.url: f.error for f in self.failed},
+            "failures": {f.url: f.error for f in self.failed if not f.partial},
+            "partial": {f.url: {"entries_published": f.entries_published, "file_entries": f.file_entries,
+                                "error": f.error} for f in partial},
         }
 
 
@@ -196,8 +210,8 @@ def split_to_fit(read: ReadChunk, limit: int, compression: str) -> Iterator[tupl
     middle = start + half if read.entries is None else int(read.entries[half])
     for lo, hi, offset, length, rows in ((start, middle, 0, half, slice(None, half)),
                                          (middle, stop, half, chunk.events - half, slice(half, None))):
-        piece = wire.Chunk(wire.ChunkId(chunk.id.file_uuid, chunk.id.tree, lo, hi), chunk.dataset, chunk.source,
-                           chunk.batch.slice(offset, length), chunk.label)
+        piece = replace(chunk, id=replace(chunk.id, entry_start=lo, entry_stop=hi),
+                        batch=chunk.batch.slice(offset, length))
         yield from split_to_fit(ReadChunk(piece, read.index, None if read.entries is None else read.entries[rows]),
                                 limit, compression)
 
@@ -315,7 +329,8 @@ class Producer:
 
         def finished(chunk_id: wire.ChunkId) -> bool:
             done = manifest.covers(chunk_id)
-            report.skipped_chunks += done
+            if done:
+                self._skipped(report, chunk_id)
             return done
 
         reader = FileReader(source, self.plan, finished)
@@ -325,7 +340,7 @@ class Producer:
                     if report.error:
                         return
                     if manifest.has(piece.id):
-                        report.skipped_chunks += 1
+                        self._skipped(report, piece.id)
                         continue
                     if source.sample:
                         headers.append(("sample", source.sample.encode()))
@@ -335,7 +350,14 @@ class Producer:
             log.error("skipping %s", error)
         finally:
             report.retries = reader.retries
+            report.file_entries = reader.file_entries
             self.progress.file_done(source.url, report.error)
+
+    def _skipped(self, report: FileReport, chunk_id: wire.ChunkId) -> None:
+        """A chunk acknowledged in an earlier run, per the manifest: its entries are on the topic already."""
+        with self._lock:
+            report.skipped_chunks += 1
+            report.entries_published += chunk_id.entry_stop - chunk_id.entry_start
 
     def _send(self, report, piece: wire.Chunk, key, value, headers, partition: int, manifest: Manifest) -> None:
         size = len(value)
@@ -346,6 +368,7 @@ class Producer:
             with self._lock:
                 report.chunks += 1
                 report.events += piece.events
+                report.entries_published += piece.id.entry_stop - piece.id.entry_start
                 report.bytes += size
             self._budget.release(size)
             self.progress.advance(piece.events, size)

@@ -67,7 +67,9 @@ class LogProgress(Progress):
         print(f"produce: done in {report.elapsed_s:.1f} s: {self.line()}; {len(report.failed)} failed",
               file=self.stream, flush=True)
         for failed in report.failed:
-            print(f"produce: FAILED {failed.url}: {failed.error}", file=self.stream, flush=True)
+            outcome = (f"PARTIAL ({failed.entries_published} of {failed.file_entries} entries published)"
+                       if failed.partial else "FAILED")
+            print(f"produce: {outcome} {failed.url}: {failed.error}", file=self.stream, flush=True)
 
 
 class BarProgress(LogProgress):

@@ -106,7 +106,7 @@ def _open_tree(source: Source, timeout_s: float):
             raise
         raise SourceError(source.url, f"cannot open as a ROOT file: {error}") from None
     try:
-        return file, file[source.tree]
+        tree = file[source.tree]
     except KeyError:
         keys = file.keys(cycle=False)
         file.close()
@@ -116,6 +116,20 @@ def _open_tree(source: Source, timeout_s: float):
         if is_transient(error, source.url):
             raise
         raise SourceError(source.url, f"cannot read tree {source.tree!r}: {type(error).__name__}: {error}") from None
+    if not isinstance(tree, uproot.TTree):
+        file.close()
+        rntuple = isinstance(tree, uproot.behaviors.RNTuple.RNTuple)
+        kind = "an RNTuple" if rntuple else f"a {getattr(tree, 'classname', type(tree).__name__)}"
+        raise SourceError(source.url, f"not supported: {source.url} {source.tree} is {kind}, hepstream reads TTrees")
+    return file, tree
+
+
+def _groups(tree) -> dict[str, tuple[str, ...]]:
+    """Each grouping branch of ``tree`` and the sub-branches under it that hold data of their own (no sub-branches)."""
+    branches = dict(tree.iteritems())
+    leaves = [name for name, branch in branches.items() if not branch.branches]
+    return {name: tuple(leaf for leaf in leaves if leaf.startswith(f"{name}/"))
+            for name, branch in branches.items() if branch.branches}
 
 
 def entries_per_step(tree, branches, step_bytes: int) -> int:
@@ -138,6 +152,7 @@ class FileReader:
         self.finished = finished
         self.next_entry = 0
         self.retries = 0
+        self.file_entries: int | None = None  # the tree's entries, once the file has been opened
 
     def __iter__(self) -> Iterator[ReadChunk]:
         waits = self.plan.backoff.waits()
@@ -162,12 +177,12 @@ class FileReader:
         file, tree = _open_tree(self.source, self.plan.timeout_s)
         with file:
             try:
-                file_plan = self.plan.selection.resolve(tree.keys())
+                file_plan = self.plan.selection.resolve(tree.keys(), _groups(tree))
             except MissingBranches as error:
                 raise SourceError(self.source.url, f"tree {self.source.tree!r} {error}") from None
             file_uuid = str(file.file.uuid)
             step = min(entries_per_step(tree, file_plan.read, self.plan.step_bytes), self.plan.max_chunk_events)
-            total = tree.num_entries
+            total = self.file_entries = tree.num_entries
             start = entry_start
             while start < total and self.finished(ChunkId(file_uuid, self.source.tree, start, min(start + step, total))):
                 start += step
@@ -186,7 +201,8 @@ class FileReader:
             selected, rows = self.plan.selection.apply(arrays, file_plan)
         except ExpressionError as error:
             raise SourceError(self.source.url, str(error)) from None
-        chunk = Chunk(chunk_id, self.plan.dataset, self.source.url, awkward_to_batch(selected), self.source.label)
+        chunk = Chunk(chunk_id, self.plan.dataset, self.source.url, awkward_to_batch(selected), self.source.label,
+                      self.file_entries)
         entries = None if rows is None else rows + chunk_id.entry_start
         return ReadChunk(chunk, index, entries)
 

@@ -3,14 +3,21 @@
 Branch patterns follow uproot's conventions: an exact name, a glob
 (``Muon_*``) or a regular expression between slashes (``/^Jet_(pt|eta)$/``,
 matched anywhere in the name unless anchored). Exact names a file lacks fail
-that file; a pattern must match at least one branch. Cuts and definitions may
-read branches that are not published.
+that file; a pattern must match at least one branch. A grouping branch (one
+with sub-branches, such as a split object's ``evt``) matched by a glob or a
+regular expression stands for its readable sub-branches: uproot cannot read
+some groups as one column. Cuts and definitions may read branches that are
+not published.
 
 >>> sel = Selection.from_config(DatasetConfig(branches=["Muon_*", "MET_pt"], exclude=["/charge/"],
 ...     define={"ht": "sum(Jet_pt)"}, cuts=["any(Muon_pt > 20)"]), [])
 >>> plan = sel.resolve(["MET_pt", "Muon_pt", "Muon_eta", "Muon_charge", "Jet_pt"])
 >>> plan.published, plan.read
 (('Muon_pt', 'Muon_eta', 'MET_pt', 'ht'), ('Muon_pt', 'Muon_eta', 'MET_pt', 'Jet_pt'))
+>>> Selection.from_config(DatasetConfig(branches=["*"]), []).resolve(
+...     ["evt", "evt/x", "evt/p", "evt/p/p.px", "run"], {"evt": ("evt/x", "evt/p/p.px"), "evt/p": ("evt/p/p.px",)}
+... ).published
+('evt/x', 'evt/p/p.px', 'run')
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import awkward as ak
@@ -97,13 +104,20 @@ class Selection:
     def filters(self) -> bool:
         return bool(self.define or self.cuts)
 
-    def resolve(self, available: Sequence[str]) -> FilePlan:
-        """Match the patterns against a tree's branch names; raise :class:`MissingBranches` naming what lacks."""
+    def resolve(self, available: Sequence[str], groups: Mapping[str, Sequence[str]] | None = None) -> FilePlan:
+        """Match the patterns against a tree's branch names; raise :class:`MissingBranches` naming what lacks.
+
+        ``groups`` maps each grouping branch to its readable sub-branches, which
+        a glob or regular expression matching the group publishes instead.
+        """
         available = list(available)
+        groups = groups or {}
         defined = [name for name, _ in self.define]
         missing, published = [], []
         for pattern in self.include:
             found = [name for name in (*available, *defined) if pattern.matches(name)]
+            if not pattern.is_exact:
+                found = [leaf for name in found for leaf in groups.get(name, (name,))]
             if not found:
                 missing.append(pattern.text)
             published.extend(found)

@@ -72,7 +72,33 @@ def test_bad_files_are_reported_and_skipped(broker, unique_topic, small_files, t
     assert failures[str(tmp_path / "missing.root")] == "no such file"
     assert "lacks branch(es)" in failures[str(no_branch)] and "Muon_pt" in failures[str(no_branch)]
     assert report.events == 1800  # the good file went through whole
-    assert report.as_dict()["files_ok"] == 1
+    assert report.as_dict()["files_ok"] == 1 and report.as_dict()["files_partial"] == 0
+    assert report.as_dict()["files_failed"] == 3 and report.as_dict()["partial"] == {}
+
+
+def test_a_file_failing_midway_is_reported_partial_with_how_far_it_got(broker, unique_topic, tmp_path,
+                                                                       monkeypatch):
+    from hepstream.streaming import datagen
+
+    monkeypatch.setattr(datagen, "_BLOCK", 500)  # one basket per 500 entries
+    path = datagen.generate_file(tmp_path / "sig.root", "signal", 2500, seed=3)
+    branch = uproot.open(path)["Events"]["Muon_pt"]
+    last_basket = int(branch.member("fBasketSeek")[branch.num_baskets - 1])
+    data = bytearray(path.read_bytes())
+    data[last_basket:last_basket + 2] = b"XX"  # a byte count in its key: entries 2000-2500 of Muon_pt no longer read
+    path.write_bytes(bytes(data))
+    config = pipeline_config(unique_topic, [(path, 1)], tmp_path / "store")
+    report = produce(config, broker.bootstrap).as_dict()
+    assert report["files_ok"] == 0 and report["files_failed"] == 0 and report["files_partial"] == 1
+    assert report["failures"] == {}
+    partial = report["partial"][str(path)]
+    assert partial["file_entries"] == 2500 and 0 < partial["entries_published"] <= 2000
+    assert partial["error"].startswith(f"reading failed at entry {partial['entries_published']}")
+    records = read_topic(broker.bootstrap, config.dataset.topic)
+    chunks = sorted((wire.decode(r.key, r.value, r.headers) for r in records), key=lambda c: c.id.entry_start)
+    assert {c.file_entries for c in chunks} == {2500}  # every chunk says the file is longer than the topic holds
+    assert [c.id.entry_start for c in chunks] == [0] + [c.id.entry_stop for c in chunks[:-1]]
+    assert chunks[-1].id.entry_stop == partial["entries_published"] == report["events"]
 
 
 def test_missing_tree_suggests_names(broker, unique_topic, small_files, tmp_path):

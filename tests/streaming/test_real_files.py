@@ -82,3 +82,47 @@ def test_batches_equal_ak_to_arrow_table_down_to_the_message_bytes(tmp_path):
             # bit-packed booleans leave unset padding bits that differ from one conversion to the next
             for compression in ("lz4", "zstd", None):
                 assert _value(batch, compression) == _value(expected, compression)
+
+
+def _as_published(value):
+    """uproot's values as the wire carries them: a map's (key, value) tuples become structs of fields '0' and '1'."""
+    if isinstance(value, tuple):
+        return {str(i): _as_published(item) for i, item in enumerate(value)}
+    if isinstance(value, list):
+        return [_as_published(item) for item in value]
+    return value
+
+
+def test_a_glob_publishes_the_leaves_of_grouping_branches_and_an_rntuple_is_refused(broker, unique_topic, tmp_path):
+    split, stl = (skhep_testdata.data_path(name) for name in ("uproot-small-evnt-tree-fullsplit.root",
+                                                              "uproot-stl_containers.root"))
+    rntuple = tmp_path / "rntuple.root"
+    with uproot.recreate(rntuple) as f:
+        f["Events"] = {"x": [1.0, 2.0, 3.0]}  # uproot 5.7 writes a dict as an RNTuple
+    samples = [{"name": "split", "tree": "tree", "files": [{"url": split}]},
+               {"name": "new", "tree": "Events", "files": [{"url": str(rntuple)}]},
+               {"name": "stl", "tree": "tree", "files": [{"url": stl}]}]
+    config = config_from_dict({"dataset": {"name": unique_topic, "samples": samples, "branches": ["*"]},
+                               "producer": {"max_chunk_events": 700}})
+    producer = Producer(config, broker.bootstrap)
+    try:
+        report = producer.run([]).as_dict()
+    finally:
+        producer.close()
+    assert report["failures"] == {
+        str(rntuple): f"not supported: {rntuple} Events is an RNTuple, hepstream reads TTrees"}
+    assert report["files_ok"] == 2 and report["partial"] == {}
+    chunks = {}
+    for record in read_topic(broker.bootstrap, config.dataset.topic):
+        chunk = wire.decode(record.key, record.value, record.headers)
+        chunks.setdefault(chunk.source, []).append(chunk)
+    published = {}
+    for path in (split, stl):
+        tree = uproot.open(path)["tree"]
+        leaves = published[path] = [name for name, branch in tree.iteritems() if not branch.branches]
+        got = ak.concatenate([ak.from_arrow(c.batch) for c in sorted(chunks[path], key=lambda c: c.id.entry_start)])
+        expected = tree.arrays(leaves)
+        assert got.fields == leaves and len(got) == tree.num_entries, path
+        for name in leaves:
+            assert ak.to_list(got[name]) == _as_published(ak.to_list(expected[name])), (path, name)
+    assert "evt/P3/P3.Px" in published[split] and not {"evt", "evt/P3"} & set(published[split])
