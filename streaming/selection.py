@@ -15,7 +15,6 @@ read branches that are not published.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import numpy as np
 
 from hepstream.config import ConfigError, DatasetConfig
 from hepstream.expressions import Expression
+from hepstream.suggest import did_you_mean
 
 
 class MissingBranches(LookupError):
@@ -70,8 +70,7 @@ class FilePlan:
 
 
 def _nearest(names: Sequence[str], available: Sequence[str]) -> str:
-    hints = {n: difflib.get_close_matches(n, available, n=2) for n in names}
-    return "".join(f"; {n!r}: did you mean {', '.join(map(repr, close))}?" for n, close in hints.items() if close)
+    return "".join(f"; {n!r}: {hint}" for n in names if (hint := did_you_mean(n, available, 2)))
 
 
 @dataclass(frozen=True)
