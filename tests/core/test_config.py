@@ -46,7 +46,8 @@ def test_every_problem_is_named_by_its_key(tmp_path):
 
 @pytest.mark.parametrize(("data", "line"), [
     ({"training": {"batchsize": 64}}, "training.batchsize: unknown key; did you mean 'batch_size'?"),
-    ({"dataset": {"files": [{"url": "a.root", "lable": 1}]}}, "dataset.files.0.lable: unknown key; did you mean 'label'?"),
+    ({"dataset": {"files": [{"url": "a.root", "lable": 1}]}},
+     "dataset.files.0.lable: unknown key; did you mean 'label'?"),
     ({"training": {"zzz": 1}}, "training.zzz: unknown key\n"),
 ])
 def test_an_unknown_key_suggests_the_nearest_keys_of_its_section(data, line):
