@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from hepstream.expressions import Expression
+from hepstream.suggest import did_you_mean
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -338,7 +340,8 @@ def _describe(error: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            hint = did_you_mean(str(item["loc"][-1]), _known_keys(item["loc"][:-1]))
+            message = f"unknown key; {hint}" if hint else "unknown key"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
 
@@ -364,3 +367,25 @@ def load_config(path: str | Path | None) -> Config:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return config_from_dict(data, str(path))
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the schema allows where ``loc`` points, for an unknown key's "did you mean".
+
+    A list index, a mapping key or a union member's tag in ``loc`` names no
+    field: the walk stays on the sections it had, so keys of every member of a
+    union are offered.
+    """
+    sections: list[type[BaseModel]] = [Config]
+    for part in loc:
+        fields = [section.model_fields[part] for section in sections if part in section.model_fields]
+        if fields:
+            sections = [section for field in fields for section in _sections_in(field.annotation)]
+    return [name for section in sections for name in section.model_fields]
+
+
+def _sections_in(annotation) -> list[type[BaseModel]]:
+    """The schema classes an annotation holds (``FileSpec`` in ``list[FileSpec] | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [section for argument in typing.get_args(annotation) for section in _sections_in(argument)]

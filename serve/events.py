@@ -27,7 +27,6 @@ hepstream.serve.errors.RequestError: MET_pt must be a number, got a string
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from bisect import bisect_right
@@ -40,6 +39,7 @@ import pyarrow as pa
 
 from hepstream.models.features import BranchSpec
 from hepstream.serve.errors import RequestError
+from hepstream.suggest import did_you_mean
 
 _NUMBERS = frozenset({int, float})  # bool is its own type, so True is not a number here
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
@@ -172,9 +172,9 @@ def _branch_values(events: list[dict], name: str, expected: list[str]) -> list:
 
 def _missing(name: str, keys: Iterable[str], expected: list[str], field: str) -> RequestError:
     """A 422 for a missing branch that suggests a key sent instead, ignoring case (met_pt for MET_pt)."""
-    others = {key.lower(): key for key in keys if key not in expected}  # keys the model reads anyway are no hint
-    near = difflib.get_close_matches(name.lower(), others, n=1)
-    hint = f"; did you mean {others[near[0]]!r}?" if near else ""
+    others = [key for key in keys if key not in expected]  # keys the model reads anyway are no hint
+    hint = did_you_mean(name, others, 1, ignore_case=True)
+    hint = f"; {hint}" if hint else ""
     return RequestError(422, f"missing branch {name!r} (the model reads {', '.join(expected)}){hint}", field)
 
 

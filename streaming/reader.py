@@ -12,7 +12,6 @@ branch, so one bad file is reported and skipped while the others go on.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from hepstream.expressions import ExpressionError
 from hepstream.streaming.retry import Backoff, is_remote, is_transient
 from hepstream.streaming.selection import FilePlan, MissingBranches, Selection
 from hepstream.streaming.sources import Source
+from hepstream.suggest import did_you_mean
 from hepstream.wire import Chunk, ChunkId, awkward_to_batch
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ def _forget_remote_handles(url: str) -> None:
 
 
 def _nearest(name: str, names) -> str:
-    close = difflib.get_close_matches(name, list(names), n=3)
-    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    hint = did_you_mean(name, names)
+    return f" ({hint})" if hint else ""
 
 
 def _open_tree(source: Source, timeout_s: float):

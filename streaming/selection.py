@@ -22,7 +22,6 @@ not published.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 
 from hepstream.config import ConfigError, DatasetConfig
 from hepstream.expressions import Expression
+from hepstream.suggest import did_you_mean
 
 
 class MissingBranches(LookupError):
@@ -77,8 +77,7 @@ class FilePlan:
 
 
 def _nearest(names: Sequence[str], available: Sequence[str]) -> str:
-    hints = {n: difflib.get_close_matches(n, available, n=2) for n in names}
-    return "".join(f"; {n!r}: did you mean {', '.join(map(repr, close))}?" for n, close in hints.items() if close)
+    return "".join(f"; {n!r}: {hint}" for n in names if (hint := did_you_mean(n, available, 2)))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ tests and for a pipeline on one laptop. Memory storage forgets everything when
 the process ends: to simulate an outage without losing data, :meth:`pause` and
 :meth:`resume` it instead of restarting it.
 
->>> with EmbeddedBroker() as broker:
+Its example starts a broker process, so the doctests skip it (tests/stack/test_broker.py starts one):
+
+>>> with EmbeddedBroker() as broker:  # doctest: +SKIP
 ...     broker.bootstrap.startswith("127.0.0.1:")
 True
 """

@@ -39,9 +39,21 @@ def test_every_problem_is_named_by_its_key(tmp_path):
     assert str(path) in message
     assert "4 problem(s)" in message
     assert "kafka.partitions:" in message
-    assert "kafka.compresion: unknown key" in message
+    assert "kafka.compresion: unknown key; did you mean 'compression'?" in message
     assert "features.jagged.0.length:" in message
-    assert "trainig: unknown key" in message
+    assert "trainig: unknown key; did you mean 'training'?" in message
+
+
+@pytest.mark.parametrize(("data", "line"), [
+    ({"training": {"batchsize": 64}}, "training.batchsize: unknown key; did you mean 'batch_size'?"),
+    ({"dataset": {"files": [{"url": "a.root", "lable": 1}]}},
+     "dataset.files.0.lable: unknown key; did you mean 'label'?"),
+    ({"training": {"zzz": 1}}, "training.zzz: unknown key\n"),
+])
+def test_an_unknown_key_suggests_the_nearest_keys_of_its_section(data, line):
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(data)
+    assert line in str(caught.value) + "\n"
 
 
 def test_chunks_must_fit_in_messages():

@@ -3,14 +3,14 @@
 import numpy as np
 
 from hepstream.models.bench_core import _records, core_trainer, learn_records
-from tests.models.test_contract import FEATURES, _batch
+from hepstream.models.checks import FEATURES, synthetic_events
 
 
 def _one_class_batches(rng, count):
     """Batches of one class each, as the benchmark's per-file labelled chunks."""
     batches, labels = [], []
     for _ in range(count // 2):
-        batch, y = _batch(rng, 600)
+        batch, y = synthetic_events(rng, 600)
         for label in (0, 1):
             batches.append(batch.filter(y == label))
             labels.append(np.full(batches[-1].num_rows, label))

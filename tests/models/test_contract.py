@@ -1,108 +1,70 @@
-"""The contract every model kind meets (river's habit): register a kind in KINDS and it is tested here.
+"""The contract every model kind meets (river's habit): register a kind in KINDS and it is checked here.
 
-Input left unchanged, state round-trips through the store to the server's
-LoadedModel, seeded runs reproduce, the model learns, several classes and
-event weights work.
+The checks are ``hepstream.models.checks``, shipped for users to run on their
+own models; here they run over every registered kind and the user models of
+``tests/models/user_models.py``, and are shown to catch models that break them.
 """
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig, TrainingConfig
+from hepstream.config import ModelConfig, TrainingConfig
+from hepstream.models.checks import FEATURES, check_estimator, synthetic_events, yield_checks
 from hepstream.models.learner import Learner
-from hepstream.models.metrics import multiclass_auc
 from hepstream.models.registry import KINDS
-from hepstream.models.store import ModelStore
+from tests.models.user_models import CentroidModel
 
-FEATURES = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt", "Muon_eta"], length=3,
-                                                                   sort_by="Muon_pt")], weight="w")
+OPTIONS = {"hoeffding_tree": {"grace_period": 50}, "arf": {"n_models": 3}}
 FACTORIES = {"user": "tests.models.user_models:linear", "user-json": "tests.models.user_models:centroid"}
-CASES = [k for k in KINDS if k != "user"] + list(FACTORIES)
+MODELS = {
+    case: ModelConfig(name="c", kind="user" if case in FACTORIES else case, hidden=[16], set_hidden=[8],
+                      factory=FACTORIES.get(case), options=OPTIONS.get(case, {}))
+    for case in [k for k in KINDS if k != "user"] + list(FACTORIES)
+}
 
 
-def _model(case, classes=2):
-    kind = "user" if case.startswith("user") else case
-    options = {"grace_period": 50} if case == "hoeffding_tree" else {"n_models": 3} if case == "arf" else {}
-    return ModelConfig(name="c", kind=kind, classes=classes, hidden=[16], set_hidden=[8],
-                       factory=FACTORIES.get(case), options=options)
+@pytest.mark.parametrize("check", [pytest.param(check, id=f"{case}-{check.name}")
+                                   for case, model in MODELS.items() for check in yield_checks(model)])
+def test_every_kind_meets_the_contract(check):
+    check()
 
 
-def _batch(rng, n, classes=2):
-    """Events whose class shifts MET and the muons' pt; muon counts vary, so padding matters."""
-    y = rng.integers(0, classes, n)
-    counts = rng.integers(0, 5, n)
-    pt = rng.exponential(20, counts.sum()) + 10 * np.repeat(y, counts)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    batch = pa.record_batch({
-        "MET_pt": rng.normal(30 + 15 * y, 10),
-        "Muon_pt": pa.ListArray.from_arrays(offsets, pa.array(pt, pa.float32())),
-        "Muon_eta": pa.ListArray.from_arrays(offsets, pa.array(rng.normal(0, 1.5, counts.sum()), pa.float32())),
-        "w": rng.uniform(0.5, 1.5, n),
-    })
-    return batch, y
+class InPlaceScaling(CentroidModel):
+    """Divides the matrix it is given instead of a copy of it."""
+
+    def predict_proba(self, x):
+        x /= 2
+        return super().predict_proba(x)
 
 
-def _trained(case, classes=2, seed=0, batches=4, **training):
-    """A learner of ``case`` after ``batches`` batches; ``training`` overrides the CPU settings."""
-    settings = {"seed": seed, "device": "cpu", "batch_size": 64, "learning_rate": 0.01, **training}
-    learner = Learner(FEATURES, _model(case, classes), TrainingConfig(**settings))
-    rng = np.random.default_rng(seed)
-    for _ in range(batches):
-        learner.learn_many([learner.prepare(*_batch(rng, 400, classes))])
-    return learner
+class Forgetful(CentroidModel):
+    """Checkpoints nothing it learned."""
+
+    def state_dict(self):
+        return {"sums": np.zeros_like(self.sums).tolist(), "counts": np.zeros_like(self.counts).tolist()}
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_prediction_and_learning_leave_the_input_unchanged(case):
-    learner = _trained(case, batches=1)
-    x = learner.features.transform(_batch(np.random.default_rng(1), 50)[0])
-    before = x.copy()
-    learner.estimator.predict_proba(x)
-    learner.estimator.learn(x, np.zeros(len(x), np.int64), None)
-    np.testing.assert_array_equal(x, before)
+def in_place_scaling(layout, classes):
+    return InPlaceScaling(layout, classes)
 
 
-def _published(learner, folder):
-    """The learner's state published to a store in ``folder`` and loaded back as the server loads it."""
-    store = ModelStore(folder, "c")
-    meta = {"features": FEATURES.model_dump(mode="json"), "feature_state": learner.features.state_dict(),
-            "model": learner.model_config.model_dump(mode="json"), "events_seen": learner.events_seen}
-    return store.load(store.publish(learner.estimator.state_dict(), meta, {}, learner.estimator.checkpoint))
+def forgetful(layout, classes):
+    return Forgetful(layout, classes)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_state_round_trips_through_the_store_to_the_server(case, tmp_path):
-    learner = _trained(case)
-    batch, _ = _batch(np.random.default_rng(2), 200)
-    served = _published(learner, tmp_path).predict(batch)
-    np.testing.assert_allclose(served, learner.estimator.predict_proba(learner.features.transform(batch)), rtol=1e-6)
-    assert served.shape == (200,)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_seeded_runs_reproduce_and_learn(case):
-    batch, y = _batch(np.random.default_rng(3), 400)
-    first, again = _trained(case), _trained(case)
-    scores = first.estimator.predict_proba(first.features.transform(batch))
-    np.testing.assert_array_equal(scores, again.estimator.predict_proba(again.features.transform(batch)))
-    assert multiclass_auc(scores, y) > 0.7, case
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c != "user-json"] + ["user-json"])
-def test_several_classes(case):
-    learner = _trained(case, classes=3, batches=3)
-    batch, y = _batch(np.random.default_rng(4), 300, classes=3)
-    scores = learner.estimator.predict_proba(learner.features.transform(batch))
-    assert scores.shape == (300, 3)
-    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-4)
-    assert learner.metrics.summary()["accuracy"] > 1 / 3
+@pytest.mark.parametrize(("factory", "failure"), [
+    ("in_place_scaling", "'input_unchanged': .*predict_proba changed its input"),
+    ("forgetful", "'state_round_trips': .*the model loaded from the store predicts otherwise"),
+], ids=["in_place_scaling", "forgetful"])
+def test_the_checks_name_what_a_broken_model_breaks(factory, failure):
+    path = f"tests.models.test_contract:{factory}"
+    with pytest.raises(AssertionError, match=f"(?s){path} fails the estimator check {failure}"):
+        check_estimator(path)
 
 
 def test_event_weights_change_what_a_torch_model_learns():
-    learner = Learner(FEATURES, _model("mlp"), TrainingConfig(device="cpu"))
-    rng = np.random.default_rng(5)
-    batch, y = _batch(rng, 300)
+    learner = Learner(FEATURES, MODELS["mlp"], TrainingConfig(device="cpu"))
+    batch, y = synthetic_events(np.random.default_rng(5), 300)
     x = learner.features.transform(batch)
     state = {k: v.clone() for k, v in learner.estimator.module.state_dict().items()}
     learner.estimator.learn(x, y, np.ones(len(y), np.float32))

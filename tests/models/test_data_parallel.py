@@ -2,7 +2,6 @@
 two-partition topic of the embedded broker, writing one lineage that a restart continues exactly once."""
 
 import collections
-import doctest
 import os
 import time
 from pathlib import Path
@@ -14,17 +13,12 @@ import torch
 from kafka import KafkaProducer
 
 from hepstream.config import ConfigError, FeaturesConfig, JaggedFeature, ModelConfig, TrainingConfig
-from hepstream.models import data_parallel
 from hepstream.models.data_parallel import average_states, merged_drift, pool_features
 from hepstream.models.features import FeaturePipeline
 from hepstream.models.metrics import PrequentialMetrics
 from hepstream.models.registry import build_estimator
 from hepstream.models.store import ModelStore
 from tests.helpers import labelled_pair, pipeline_config, produce, read_topic
-
-
-def test_doctest_examples_run():
-    assert doctest.testmod(data_parallel).failed == 0
 
 
 def test_averaged_state_is_the_event_weighted_mean():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import json
-import socket
 import threading
 import time
 
@@ -20,6 +19,7 @@ from hepstream.config import ServeConfig
 from hepstream.models.store import ModelStore
 from hepstream.serve.deployment import bind_server, start_serve, stop_serve
 from hepstream.serve.events import parse_events
+from hepstream.stack.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +39,7 @@ def ray_cluster():
 
 @pytest.fixture
 def port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port()
 
 
 def replica_versions(url) -> dict[str, int]:

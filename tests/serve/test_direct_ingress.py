@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import ray
@@ -18,15 +17,10 @@ import requests
 from hepstream.config import ServeConfig
 from hepstream.serve.app import serve_settings
 from hepstream.serve.deployment import ray_environment, start_serve, stop_serve
+from hepstream.stack.ports import free_port
 from tests.serve.test_real_store import EVENTS, local_scores
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_ray_environment_asks_for_ports_only_when_configured():
@@ -52,9 +46,9 @@ def test_haproxy_needs_the_replica_ports_and_runs_through_the_wrapper():
 def test_haproxy_and_the_replica_answer_as_the_app_does_and_only_on_loopback(tmp_path, standins, monkeypatch):
     root = tmp_path / "store"
     version = standins.publish_real_version(root, "demo", seed=2)
-    port, direct = _free_port(), _free_port()
-    others = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": _free_port(), "RAY_SERVE_HAPROXY_STATS_PORT": _free_port(),
-              "RAY_SERVE_HAPROXY_METRICS_PORT": _free_port()}
+    port, direct = free_port(), free_port()
+    others = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": free_port(), "RAY_SERVE_HAPROXY_STATS_PORT": free_port(),
+              "RAY_SERVE_HAPROXY_METRICS_PORT": free_port()}
     settings = serve_settings(port=port, direct_ingress_port=direct, haproxy=True, poll_interval_s=0.05)
     for name, value in {**ray_environment(settings), **others, "HEPSTREAM_TOKENS": "s3cret",
                         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5"}.items():

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
 import subprocess
 import sys
 from pathlib import Path
 
-from hepstream.serve import haproxy
 from hepstream.serve.haproxy import bind_where_served
 
 # The lines of the configuration Serve 2.60 writes that bind a port, in its layout.
@@ -27,10 +25,6 @@ listen stats
   bind *:8404
   stats enable
 """
-
-
-def test_doctest_examples_run():
-    assert doctest.testmod(haproxy).failed == 0
 
 
 def test_statistics_and_exporter_move_to_the_http_frontends_host():

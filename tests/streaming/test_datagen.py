@@ -1,7 +1,5 @@
 """Toy NanoAOD generator: format, physics and learnability contracts."""
 
-import doctest
-
 import awkward as ak
 import numpy as np
 import pytest
@@ -36,10 +34,6 @@ def m4l(events):
 def samples(tmp_path_factory):
     out = tmp_path_factory.mktemp("samples")
     return {p: read(datagen.generate_file(out / f"{p}.root", p, 20_000, seed=11)) for p in datagen.PROCESSES}
-
-
-def test_doctest_examples_run():
-    assert doctest.testmod(datagen).failed == 0
 
 
 def test_branch_names_types_and_counters(tmp_path):
