@@ -93,7 +93,7 @@ def learn_records(trainer, groups: list, seconds: float) -> tuple[int, float]:
     (``prepare_messages``) in a second thread while the previous one learns (``learn_step``). The first
     group warms up, untimed; stops early after ``seconds``. Returns (events learned, seconds)."""
     trainer.learn_messages(groups[0])
-    known, ahead = set(trainer.seen_keys), trainer.learner.read_ahead()
+    known, ahead = set(trainer.position.seen_keys), trainer.learner.read_ahead()
     learned, started = 0, time.perf_counter()
     with ThreadPoolExecutor(1, thread_name_prefix="bench-read-ahead") as reader:
         pending = reader.submit(trainer.prepare_messages, groups[1], known, ahead)

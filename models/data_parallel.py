@@ -36,9 +36,12 @@ import numpy as np
 from kafka import KafkaConsumer
 
 from hepstream.config import Config
+from hepstream.kafka import topic_partitions
+from hepstream.models.grouping import GroupPoller
 from hepstream.models.metrics import PrequentialMetrics
+from hepstream.models.position import COUNTERS
 from hepstream.models.store import ModelStore
-from hepstream.models.trainer import COUNTERS, StreamTrainer
+from hepstream.models.trainer import StreamTrainer
 
 log = logging.getLogger(__name__)
 
@@ -133,67 +136,40 @@ def split_partitions(partitions: Sequence[int], workers: int) -> list[list[int]]
     return [ordered[i::workers] for i in range(min(workers, len(ordered)))]
 
 
-def topic_partitions(bootstrap: str, topic: str, stop: threading.Event, wait_s: float) -> list[int]:
-    """The topic's partitions, waiting up to ``wait_s`` for a producer to create it."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + wait_s
-        while not (found := consumer.partitions_for_topic(topic)):
-            if stop.is_set() or time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic!r} does not exist on {bootstrap} after {wait_s:.0f} s")
-            time.sleep(0.2)
-        return sorted(found)
-    finally:
-        consumer.close()
-
-
 class RoundWorker:
     """A stream trainer on its own partitions that learns one round at a time when its coordinator says so."""
 
     def __init__(self, config: Config, bootstrap: str, partitions: list[int]):
         self.trainer = StreamTrainer(config, bootstrap, partitions)
+        self.position = self.trainer.position
         # Counted from this worker's start; the coordinator adds the resumed version's totals once.
-        self.trainer.counters = dict.fromkeys(COUNTERS, 0)
+        self.position.reset_counters()
         self.consumer: KafkaConsumer | None = None
+        self.groups: GroupPoller | None = None
 
     def open(self, topic_wait_s: float) -> dict:
         """Assign and seek this worker's partitions; returns its starting point, which every worker shares."""
-        trainer = self.trainer
-        mine = set(trainer.partitions)
+        trainer, training = self.trainer, self.trainer.config.training
         # The resumed version holds every worker's offsets; this worker owns, seeks and commits only its own.
-        trainer.offsets = {p: o for p, o in trainer.offsets.items() if p in mine}
-        trainer.epoch_start = {p: o for p, o in trainer.epoch_start.items() if p in mine}
+        self.position.own(trainer.partitions)
         self.consumer = trainer.consumer()
+        self.groups = GroupPoller(self.consumer, training.chunks_per_step, training.group_wait_s)
         trainer.assign(self.consumer, threading.Event(), topic_wait_s)
         learner = trainer.learner
         return {"checkpoint": learner.estimator.checkpoint, "features": learner.features.state_dict(),
-                "events_seen": learner.events_seen, "offsets": dict(trainer.offsets)}
-
-    def _group(self, size: int, wait_s: float) -> list:
-        """Up to ``size`` messages: none when a first short poll finds none, else what arrives within ``wait_s``."""
-        group: list = []
-        deadline = None
-        while len(group) < size:
-            for records in self.consumer.poll(timeout_ms=100, max_records=size - len(group)).values():
-                group.extend(records)
-            if not group:
-                break
-            deadline = deadline or time.monotonic() + wait_s
-            if time.monotonic() >= deadline:
-                break
-        return group
+                "events_seen": learner.events_seen, "offsets": dict(self.position.offsets)}
 
     def learn_round(self, groups: int) -> dict:
         """Learn up to ``groups`` groups; the report carries the model state only when events were learned."""
-        trainer, training = self.trainer, self.trainer.config.training
-        before = trainer.counters["events_trained"]
+        trainer, position = self.trainer, self.position
+        before = position.counters["events_trained"]
         for _ in range(groups):
-            group = self._group(training.chunks_per_step, training.group_wait_s)
+            group = self.groups.group()
             if not group:
                 break
             trainer.learn_messages(group)
-        learned = trainer.counters["events_trained"] - before
-        report = {"events": learned, "counters": dict(trainer.counters), "offsets": dict(trainer.offsets),
+        learned = position.counters["events_trained"] - before
+        report = {"events": learned, "counters": dict(position.counters), "offsets": dict(position.offsets),
                   "last_error": trainer.last_error}
         if learned:
             report["state"] = on_cpu(trainer.learner.estimator.state_dict())
@@ -209,11 +185,10 @@ class RoundWorker:
 
     def share(self) -> dict:
         """What this worker adds to a version; its dead letters are stored before its offsets are recorded."""
-        trainer = self.trainer
-        if trainer.dead_letters is not None:
-            trainer.dead_letters.flush()
-        return {"offsets": dict(trainer.offsets), "epoch_start": dict(trainer.epoch_start),
-                "seen_keys": trainer.seen_keys, "counters": dict(trainer.counters),
+        trainer, position = self.trainer, self.position
+        trainer.flush_dead_letters()
+        return {"offsets": dict(position.offsets), "epoch_start": dict(position.epoch_start),
+                "seen_keys": position.seen_keys, "counters": dict(position.counters),
                 "metrics": trainer.learner.metrics, "since_checkpoint": trainer.learner.since_checkpoint,
                 "drift": trainer.learner.drift.summary()}
 
@@ -223,11 +198,7 @@ class RoundWorker:
 
     def checkpointed(self, version: int) -> None:
         """The coordinator published ``version``: this worker's offsets are in it, so now they may go to Kafka."""
-        trainer = self.trainer
-        trainer.version = version
-        trainer.learner.since_checkpoint = PrequentialMetrics(trainer.config.training.metrics_window,
-                                                              trainer.config.model.classes)
-        trainer._commit(self.consumer)  # monitoring only, as for a single trainer
+        self.trainer.published(version, self.consumer)  # the commit is for monitoring only, as for a single trainer
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -285,7 +256,8 @@ class DataParallelTrainer:
     def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
         """Run rounds until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news."""
         training = self.config.training
-        partitions = self.partitions or topic_partitions(self.bootstrap, self.config.dataset.topic, stop, topic_wait_s)
+        partitions = self.partitions or topic_partitions(self.bootstrap, self.config.kafka, self.config.dataset.topic,
+                                                         timeout_s=topic_wait_s, stop=stop)
         self.splits = split_partitions(partitions, training.workers)
         self.pool.start(self.splits)
         try:

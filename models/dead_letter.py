@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 
+from hepstream.config import KafkaConfig
+from hepstream.kafka import ensure_topic, new_producer
+
 log = logging.getLogger(__name__)
 
 REASON_HEADER = "dead_letter_reason"
@@ -25,21 +28,16 @@ def dead_letter_topic(dataset: str) -> str:
 
 
 class DeadLetters:
-    def __init__(self, bootstrap: str, topic: str, max_message_bytes: int):
+    def __init__(self, bootstrap: str, topic: str, kafka: KafkaConfig):
         self.bootstrap = bootstrap
         self.topic = topic
-        self.max_message_bytes = max_message_bytes
+        self.kafka = kafka
         self._producer = None
         self.sent = 0
 
     def _open(self):
-        from kafka import KafkaProducer
-
-        from hepstream.streaming.producer import ensure_topic
-
-        ensure_topic(self.bootstrap, self.topic, 1, self.max_message_bytes)
-        return KafkaProducer(bootstrap_servers=self.bootstrap, client_id="hepstream-dead-letter", acks="all",
-                             max_request_size=self.max_message_bytes)
+        ensure_topic(self.bootstrap, self.topic, 1, self.kafka)
+        return new_producer(self.bootstrap, self.kafka, client_id="hepstream-dead-letter")
 
     def send(self, record, reason: str) -> None:
         """Forward a consumed record (kafka-python ConsumerRecord) with why it was refused."""

@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+
+from hepstream.kafka import commit
+from hepstream.models.grouping import GroupPoller
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +51,14 @@ class ReadAhead:
         self.consumer = consumer
         self.assigned = assigned
         self.prepare = prepare
-        self.chunks_per_step = chunks_per_step
-        self.group_wait_s = group_wait_s
+        self._poller = GroupPoller(consumer, chunks_per_step, group_wait_s)
         self.epoch_start = dict(epoch_start)
         self.epochs_left = epochs_left
         self.on_rewind = on_rewind
         self._groups: queue.Queue = queue.Queue(maxsize=depth)
         self._leftover: list = []
         self._stop = threading.Event()
-        self._commit: dict[TopicPartition, Any] | None = None
+        self._commit: tuple[dict, int | None] | None = None
         self._commit_lock = threading.Lock()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hepstream-read-ahead", daemon=True)
@@ -77,10 +78,11 @@ class ReadAhead:
                 raise RuntimeError(f"reading from Kafka failed: {self._failure}") from self._failure
             return None
 
-    def commit(self, offsets: dict) -> None:
-        """Ask for ``offsets`` (``TopicPartition -> OffsetAndMetadata``) to be committed before the next poll."""
+    def commit(self, request: dict, checkpoint: int | None) -> None:
+        """Ask for ``request`` (``TopicPartition -> OffsetAndMetadata``, ``checkpoint``'s offsets) to be committed
+        before the next poll."""
         with self._commit_lock:
-            self._commit = offsets
+            self._commit = (request, checkpoint)
 
     def stop(self) -> list:
         """Stop reading and return every group prepared but not yet handed over, in order.
@@ -102,23 +104,15 @@ class ReadAhead:
             self._failure = error
 
     def _read(self) -> None:
-        pending: list = []
-        first_pending = 0.0
         while not self._stop.is_set():
             self._commit_requested()
-            polled = self.consumer.poll(timeout_ms=100, max_records=self.chunks_per_step - len(pending))
-            for records in polled.values():
-                if not pending:
-                    first_pending = time.monotonic()
-                pending.extend(records)
-            waited = time.monotonic() - first_pending
-            if pending and (len(pending) >= self.chunks_per_step or waited >= self.group_wait_s):
-                self._hand_over(self.prepare(pending))
-                pending = []
-            elif not polled and not pending:
+            group = self._poller.poll()
+            if group is not None:
+                self._hand_over(self.prepare(group))
+            elif self._poller.idle:
                 self._rewind_if_epoch_done()
-        if pending:
-            self._leftover.append(self.prepare(pending))
+        if self._poller.pending:
+            self._leftover.append(self.prepare(self._poller.take()))
         self._commit_requested()
 
     def _hand_over(self, item: Any) -> None:
@@ -132,12 +126,9 @@ class ReadAhead:
 
     def _commit_requested(self) -> None:
         with self._commit_lock:
-            offsets, self._commit = self._commit, None
-        if offsets:
-            try:
-                self.consumer.commit(offsets)
-            except Exception as error:  # monitoring only: the checkpoint is the truth
-                log.warning("Kafka offset commit failed (the checkpoint is still valid): %s", error)
+            requested, self._commit = self._commit, None
+        if requested is not None and requested[0]:
+            commit(self.consumer, *requested)
 
     def _rewind_if_epoch_done(self) -> None:
         """After an idle poll: when every partition is read to its end, queue :class:`EpochEnd` and rewind."""

@@ -1,8 +1,8 @@
 """The online trainer: consume chunks from Kafka, learn from each exactly once, publish versions.
 
-Offsets are this trainer's own state, checkpointed together with the model in
-the same store version; Kafka commits follow a checkpoint and only serve
-monitoring. A restart reads the newest version and seeks each partition to the
+Offsets are this trainer's own state (:class:`~hepstream.models.position.Position`),
+checkpointed together with the model in the same store version; Kafka commits
+follow a checkpoint and only serve monitoring. A restart reads the newest version and seeks each partition to the
 offset recorded there (the next offset to read, Kafka's convention), so the
 model reflects every chunk once: chunks learned after the last checkpoint are
 learned again into the checkpointed model, never into a model that already saw
@@ -25,33 +25,64 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
 
 from hepstream import wire
 from hepstream.config import Config, start_timestamp_ms
+from hepstream.kafka import commit, new_consumer, wait_for_topic
 from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
 from hepstream.models.features import FeatureError
 from hepstream.models.learner import Group, Learner, Preparation
+from hepstream.models.position import Position
 from hepstream.models.read_ahead import EpochEnd, ReadAhead
 from hepstream.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("events_trained", "chunks", "duplicate_chunks", "bad_messages", "dead_letters")
-_DUPLICATE = "duplicate"  # the verdict on a chunk whose key was learned already
+
+@dataclass(frozen=True)
+class Ok:
+    """A chunk kept for learning, under its key."""
+
+    record: Any  # kafka-python ConsumerRecord
+    key: str
 
 
-class Step(NamedTuple):
-    """A group of messages made ready: each record with its verdict (None, duplicate, or the error refusing
-    it), the keys of the chunks kept, and their prepared features (None when none was kept)."""
+@dataclass(frozen=True)
+class Duplicate:
+    """A chunk whose key was learned already in this epoch: a producer sent it again."""
 
-    verdicts: list[tuple[Any, Any]]
-    keys: list[str]
+    record: Any
+    key: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A message that cannot be used, and why: it goes to the dead-letter topic."""
+
+    record: Any
+    error: Exception
+
+
+Verdict = Ok | Duplicate | Refused
+
+
+@dataclass(frozen=True)
+class Step:
+    """A group of messages made ready: a verdict per message, in order, and the prepared features of the
+    chunks kept (None when none was kept)."""
+
+    verdicts: list[Verdict]
     group: Group | None
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys of the chunks kept, in the order of the group's features."""
+        return [v.key for v in self.verdicts if isinstance(v, Ok)]
 
 
 def use_compute_threads(threads: int) -> None:
@@ -79,17 +110,12 @@ class StreamTrainer:
         self.partitions = partitions
         self.store = ModelStore(config.store.path, config.model.name, config.store.keep)
         self.learner = Learner(config.features, config.model, config.training)
-        self.offsets: dict[int, int] = {}
-        self.epoch_start: dict[int, int] = {}
-        self.epoch = 0
-        self.seen_keys: set[str] = set()
-        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.position = Position(self.topic)
         self.version: int | None = None
         self.last_error: str | None = None
         self.dead_letters = None
         if config.training.dead_letter:
-            self.dead_letters = DeadLetters(bootstrap, dead_letter_topic(config.dataset.name),
-                                            config.kafka.max_message_bytes)
+            self.dead_letters = DeadLetters(bootstrap, dead_letter_topic(config.dataset.name), config.kafka)
         self._dirty = False
         self._resume()
 
@@ -101,13 +127,22 @@ class StreamTrainer:
         self.learner.estimator.load_state_dict(model_state)
         self.learner.load_state_dict(state.get("learner", {"features": meta["feature_state"],
                                                             "events_seen": meta["events_seen"]}))
-        self.offsets = {int(p): int(o) for p, o in state["offsets"].items()}
-        self.epoch_start = {int(p): int(o) for p, o in state.get("epoch_start", {}).items()}
-        self.epoch = int(state.get("epoch", 0))
-        self.seen_keys = set(state["seen_keys"])
-        self.counters.update(state["counters"])
+        self.position.restore(state)
         self.version = latest
         log.info("resuming %s from version %d at offsets %s", self.config.model.name, latest, self.offsets)
+
+    # Read-only views of the position, for status, metrics and callers that watch progress.
+    @property
+    def offsets(self) -> dict[int, int]:
+        return self.position.offsets
+
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.position.counters
 
     def status(self) -> dict:
         return {
@@ -130,14 +165,15 @@ class StreamTrainer:
             raise FeatureError("label", "the chunk has no 'label' header and dataset.label_branch is not set")
         return np.full(chunk.events, chunk.label, dtype=np.int64)
 
-    def _refuse(self, record, error: Exception) -> None:
+    def _refuse(self, refused: Refused) -> None:
+        record, error = refused.record, refused.error
         where = f"{record.topic}[{record.partition}]@{record.offset}"
-        self.counters["bad_messages"] += 1
+        self.position.count("bad_messages")
         self.last_error = f"{where}: {error}"
         log.warning("skipping message %s", self.last_error)
         if self.dead_letters is not None:
             self.dead_letters.send(record, f"{type(error).__name__}: {error}")
-            self.counters["dead_letters"] += 1
+            self.position.count("dead_letters")
 
     def learn_messages(self, messages) -> None:
         """Learn a polled group of messages (``kafka`` ConsumerRecords) together.
@@ -146,7 +182,7 @@ class StreamTrainer:
         stops the stream; a chunk already learned (same key) is skipped and
         counted.
         """
-        self.learn_step(self.prepare_messages(messages, self.seen_keys))
+        self.learn_step(self.prepare_messages(messages, self.position.seen_keys))
 
     def prepare_messages(self, messages, known: set[str], ahead: Preparation | None = None) -> Step:
         """Decode, check and prepare a group of messages, skipping the chunks whose key is in ``known``.
@@ -155,36 +191,33 @@ class StreamTrainer:
         (with ``ahead``, see :meth:`Learner.prepare_group`) while the previous
         group trains.
         """
-        verdicts, chunks, keys = [], [], []
+        verdicts, chunks, keys = [], [], set()
         for m in messages:
-            verdict = None
             try:
                 chunk = wire.decode(m.key, m.value, m.headers)
                 key = chunk.id.key().decode()
                 if key in known or key in keys:
-                    verdict = _DUPLICATE
+                    verdicts.append(Duplicate(m, key))
                 else:
                     chunks.append(self.learner.prepare(chunk.batch, self._labels(chunk)))
-                    keys.append(key)
+                    keys.add(key)
+                    verdicts.append(Ok(m, key))
             except (wire.WireError, FeatureError) as error:
-                verdict = error
-            verdicts.append((m, verdict))
-        return Step(verdicts, keys, self.learner.prepare_group(chunks, ahead) if chunks else None)
+                verdicts.append(Refused(m, error))
+        return Step(verdicts, self.learner.prepare_group(chunks, ahead) if chunks else None)
 
     def learn_step(self, step: Step) -> None:
         """Learn a prepared group, count duplicates, refuse bad messages, and move the offsets past them all."""
-        for record, verdict in step.verdicts:
-            if verdict is _DUPLICATE:
-                self.counters["duplicate_chunks"] += 1
-            elif verdict is not None:
-                self._refuse(record, verdict)
-            self.offsets[record.partition] = record.offset + 1
+        for verdict in step.verdicts:
+            if isinstance(verdict, Duplicate):
+                self.position.count("duplicate_chunks")
+            elif isinstance(verdict, Refused):
+                self._refuse(verdict)
+            self.position.advance(verdict.record.partition, verdict.record.offset)
             self._dirty = True
         if step.group is not None:
             self.learner.learn_group(step.group)
-            self.seen_keys.update(step.keys)
-            self.counters["events_trained"] += len(step.group.labels)
-            self.counters["chunks"] += len(step.keys)
+            self.position.learned(step.keys, len(step.group.labels))
 
     def checkpoint_parts(self) -> tuple[dict, dict, dict, str]:
         """(model_state, meta, trainer_state, checkpoint format) of the state now; see :meth:`checkpoint`."""
@@ -204,40 +237,36 @@ class StreamTrainer:
             "offsets": offsets,
             "counters": dict(self.counters),
         }
-        state = {"offsets": offsets, "epoch": self.epoch,
-                 "epoch_start": {str(p): o for p, o in self.epoch_start.items()},
-                 "seen_keys": sorted(self.seen_keys), "counters": dict(self.counters),
-                 "learner": learner.state_dict()}
+        state = {**self.position.snapshot(), "learner": learner.state_dict()}
         return learner.estimator.state_dict(), meta, state, learner.estimator.checkpoint
 
     def checkpoint(self, consumer: KafkaConsumer | None = None) -> int:
         """Publish model, features, offsets and counters as one new version, then commit the offsets."""
+        self.flush_dead_letters()
+        self.published(self.store.publish(*self.checkpoint_parts()), consumer)
+        return self.version
+
+    def flush_dead_letters(self) -> None:
+        """Store the refused messages' copies: before a checkpoint records them as consumed, never after."""
         if self.dead_letters is not None:
-            self.dead_letters.flush()  # never record a refused message as consumed before its copy is stored
-        self.version = self.store.publish(*self.checkpoint_parts())
+            self.dead_letters.flush()
+
+    def published(self, version: int, consumer: KafkaConsumer | None = None) -> None:
+        """``version`` holds this trainer's state now (published here or by a data-parallel coordinator):
+        the version's own metrics start afresh, and the offsets go to Kafka through ``consumer``."""
+        self.version = version
         self.learner.since_checkpoint = type(self.learner.metrics)(self.config.training.metrics_window,
                                                                    self.config.model.classes)
         self._dirty = False
         if consumer is not None:
-            self._commit(consumer)
-        return self.version
-
-    def _commit(self, consumer: KafkaConsumer) -> None:
-        try:
-            consumer.commit(self.commit_offsets())
-        except Exception as error:  # monitoring only: the checkpoint is the truth
-            log.warning("Kafka offset commit failed (checkpoint %s is still valid): %s", self.version, error)
-
-    def commit_offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:
-        """The trainer's offsets as Kafka commits them; taken right after a checkpoint, they are its offsets."""
-        return {TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in self.offsets.items()}
+            commit(consumer, self.position.commit_request(), version)
 
     def consumer(self) -> KafkaConsumer:
         limit = self.config.kafka.max_message_bytes
-        return KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        return new_consumer(
+            self.bootstrap,
+            self.config.kafka,
             group_id=f"hepstream.{self.config.model.name}",
-            enable_auto_commit=False,
             max_partition_fetch_bytes=2 * limit,
             fetch_max_bytes=max(52_428_800, 2 * limit),
         )
@@ -260,35 +289,24 @@ class StreamTrainer:
                 for tp in assigned}
 
     def assign(self, consumer: KafkaConsumer, stop: threading.Event, wait_s: float) -> list[TopicPartition]:
-        deadline = time.monotonic() + wait_s
+        """Assign this trainer's partitions (the topic's, once it exists, if none were given) and seek each to
+        the position's offset, placing the partitions it has none for by ``training.start``."""
         partitions = self.partitions
-        while partitions is None:
-            found = consumer.partitions_for_topic(self.topic)
-            if found:
-                partitions = sorted(found)
-            elif stop.is_set() or time.monotonic() > deadline:
-                raise RuntimeError(f"topic {self.topic!r} does not exist on {self.bootstrap} after {wait_s:.0f} s")
-            else:
-                time.sleep(0.2)
+        if partitions is None:
+            partitions = wait_for_topic(consumer, self.topic, timeout_s=wait_s, stop=stop)
         assigned = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(assigned)
-        fresh = [tp for tp in assigned if tp.partition not in self.offsets]
+        fresh = self.position.unstarted(partitions)
         if fresh:
-            starts = self._start_offsets(consumer, fresh)
-            self.offsets.update(starts)
-            for partition, offset in starts.items():
-                self.epoch_start.setdefault(partition, offset)
+            self.position.start_at(self._start_offsets(consumer, [TopicPartition(self.topic, p) for p in fresh]))
         for tp in assigned:
-            consumer.seek(tp, self.offsets[tp.partition])
+            consumer.seek(tp, self.position.offsets[tp.partition])
         return assigned
 
     def _next_epoch(self) -> None:
         """Every partition was read to its end and epochs remain: learn the data again, from the epoch's start."""
-        self.epoch += 1
-        self.seen_keys.clear()
+        self.position.next_epoch()
         log.info("epoch %d of %d starts", self.epoch + 1, self.config.training.epochs)
-        for partition in self.offsets:
-            self.offsets[partition] = self.epoch_start.get(partition, 0)
         self._dirty = True
 
     def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
@@ -303,7 +321,7 @@ class StreamTrainer:
         consumer = self.consumer()
         try:
             assigned = self.assign(consumer, stop, topic_wait_s)
-            known, ahead = set(self.seen_keys), self.learner.read_ahead()
+            known, ahead = set(self.position.seen_keys), self.learner.read_ahead()
 
             def prepare(messages) -> Step:  # in the read-ahead thread
                 step = self.prepare_messages(messages, known, ahead)
@@ -311,7 +329,7 @@ class StreamTrainer:
                 return step
 
             reader = ReadAhead(consumer, assigned, prepare, chunks_per_step=training.chunks_per_step,
-                               group_wait_s=training.group_wait_s, epoch_start=self.epoch_start,
+                               group_wait_s=training.group_wait_s, epoch_start=self.position.epoch_start,
                                epochs_left=training.epochs - 1 - self.epoch, on_rewind=known.clear)
             reader.start()
             try:
@@ -322,7 +340,7 @@ class StreamTrainer:
                         self._learn_group(group)
                     if self._dirty and time.monotonic() - last_checkpoint >= training.checkpoint_every_s:
                         self.checkpoint()
-                        reader.commit(self.commit_offsets())
+                        reader.commit(self.position.commit_request(), self.version)
                         last_checkpoint = time.monotonic()
             finally:
                 left = reader.stop()  # the consumer is this thread's again

@@ -84,6 +84,9 @@ def _child(config_json: str, bootstrap: str, repeat: int) -> None:
 
 
 def _produce(bootstrap: str, name: str, urls: list[str], compression: str, args, repeat: int = 1) -> dict:
+    from hepstream.config import KafkaConfig
+    from hepstream.kafka import drop_topic
+
     data = {
         "dataset": {"name": name, "files": [{"url": u} for u in urls], "branches": ["*"]},
         "kafka": {"compression": compression, "partitions": 4, "max_message_bytes": "8 MB", "linger_ms": 5},
@@ -92,22 +95,8 @@ def _produce(bootstrap: str, name: str, urls: list[str], compression: str, args,
     code = f"from hepstream.streaming.bench import _child; _child({json.dumps(json.dumps(data))}, {bootstrap!r}, {repeat})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     figures = json.loads(out.stdout.strip().splitlines()[-1])
-    _drop_topic(bootstrap, f"{name}.events")
+    drop_topic(bootstrap, f"{name}.events", KafkaConfig())  # the embedded broker keeps topics in memory
     return figures
-
-
-def _drop_topic(bootstrap: str, topic: str) -> None:
-    """The embedded broker keeps topics in memory; drop each once measured."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.delete_topics([topic])
-    except KafkaError:
-        pass
-    finally:
-        admin.close()
 
 
 def run(args) -> dict:

@@ -26,19 +26,18 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError
 
 from hepstream import wire
-from hepstream.config import Config, ConfigError, FileSpec, KafkaConfig
+from hepstream.backoff import Backoff
+from hepstream.config import Config, ConfigError, FileSpec
 from hepstream.expressions import ExpressionError
+from hepstream.kafka import ensure_topic, new_producer, with_broker
 from hepstream.malloc import tune_malloc
 from hepstream.streaming.manifest import Manifest, task_path
 from hepstream.streaming.progress import Progress
 from hepstream.streaming.reader import (FileReader, ReadChunk, ReadPlan, SourceError, check_selection,
                                         configure_remote_timeouts)
-from hepstream.streaming.retry import Backoff
 from hepstream.streaming.selection import Selection, UnknownBranch
 from hepstream.streaming.sources import Source, resolve
 
@@ -69,10 +68,6 @@ def tune_malloc_for_chunks(arenas: int = 2, mmap_threshold: int = 4 << 20) -> No
     class.
     """
     tune_malloc(arenas=arenas, mmap_threshold=mmap_threshold)
-
-
-class BrokerUnavailable(RuntimeError):
-    """The Kafka brokers did not answer within the connection budget."""
 
 
 @dataclass
@@ -133,36 +128,6 @@ class ProduceReport:
             "partial": {f.url: {"entries_published": f.entries_published, "file_entries": f.file_entries,
                                 "error": f.error} for f in partial},
         }
-
-
-def _with_broker(bootstrap: str, kafka: KafkaConfig, what: str, attempt):
-    """Run a broker call with bounded retries; past the budget, one error naming the brokers and the cause."""
-    backoff = Backoff(kafka.connect_retries, first_s=1.0, max_s=10.0)
-    try:
-        return backoff.call(attempt, retry_on=lambda e: isinstance(e, KafkaError),
-                            on_retry=lambda e, wait: log.warning("%s on %s: %s; retrying in %.0f s", what, bootstrap, e, wait))
-    except KafkaError as error:
-        raise BrokerUnavailable(f"cannot reach Kafka at {bootstrap} ({what}) after {kafka.connect_retries + 1} "
-                                f"attempt(s) of {kafka.connect_timeout_s:g} s: {error}") from None
-
-
-def ensure_topic(bootstrap: str, topic: str, partitions: int, max_message_bytes: int,
-                 kafka: KafkaConfig | None = None) -> None:
-    """Create the topic with an explicit message size limit, unless it exists already."""
-    kafka = kafka or KafkaConfig()
-
-    def create():
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hepstream-admin",
-                                 bootstrap_timeout_ms=int(kafka.connect_timeout_s * 1000))
-        try:
-            config = {"max.message.bytes": str(max_message_bytes)}
-            admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config)])
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            admin.close()
-
-    _with_broker(bootstrap, kafka, f"creating topic {topic!r}", create)
 
 
 def read_plan(config: Config, selection: Selection | None = None) -> ReadPlan:
@@ -240,7 +205,7 @@ def prepare(config: Config, bootstrap: str, plan: ReadPlan,
     sources, unmatched = resolve(config.dataset, files)
     preflight(sources, plan)
     kafka = config.kafka
-    ensure_topic(bootstrap, config.dataset.topic, kafka.partitions, kafka.max_message_bytes, kafka)
+    ensure_topic(bootstrap, config.dataset.topic, kafka.partitions, kafka)
     report = ProduceReport(config.dataset.topic, [FileReport(s.url, s.sample) for s in sources])
     report.files += [FileReport(pattern, error=reason) for pattern, reason in unmatched]
     return sources, report
@@ -283,15 +248,13 @@ class Producer:
         self._pool = ThreadPoolExecutor(self.files_in_flight, thread_name_prefix="hepstream-read")
         configure_remote_timeouts(config.producer.timeout_s)
         kafka = config.kafka
-        self._producer = _with_broker(bootstrap, kafka, "connecting", lambda: KafkaProducer(
-            bootstrap_servers=bootstrap,
+        self._producer = with_broker(bootstrap, kafka, "connecting", lambda: new_producer(
+            bootstrap,
+            kafka,
             client_id="hepstream-producer",
             # Compression happens inside the Arrow IPC body; compressing it again only costs CPU.
             compression_type=None,
-            max_request_size=kafka.max_message_bytes,
             linger_ms=kafka.linger_ms,
-            acks="all",
-            bootstrap_timeout_ms=int(kafka.connect_timeout_s * 1000),
         ))
 
     def run(self, files: list[FileSpec] | None = None) -> ProduceReport:

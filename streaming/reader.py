@@ -21,8 +21,9 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from hepstream.backoff import Backoff
 from hepstream.expressions import ExpressionError
-from hepstream.streaming.retry import Backoff, is_remote, is_transient
+from hepstream.streaming.retry import is_remote, is_transient
 from hepstream.streaming.selection import FilePlan, MissingBranches, Selection
 from hepstream.streaming.sources import Source
 from hepstream.suggest import did_you_mean

@@ -1,4 +1,4 @@
-"""Retries with exponential backoff and a bounded budget, for the failures that go away by themselves.
+"""Which read failures are worth retrying (with :class:`hepstream.backoff.Backoff`): those that go away by themselves.
 
 Grid storage fails transiently and often (ServiceX saw half of its first
 attempts on XRootD end in "Operation expired"), so a remote read is retried;
@@ -7,10 +7,6 @@ Local files are never retried: a local read error does not heal in seconds.
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 REMOTE_SCHEMES = ("root://", "http://", "https://")
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -44,34 +40,3 @@ def is_transient(error: BaseException, url: str) -> bool:
     module = type(error).__module__.split(".")[0]
     # fsspec-xrootd reopens a closed handle with ValueError after a dropped connection.
     return isinstance(error, (OSError, TimeoutError, ConnectionError, ValueError)) or module in ("aiohttp", "requests")
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """``retries`` waits after the first attempt, starting at ``first_s`` and doubling up to ``max_s``.
-
-    >>> list(Backoff(retries=4, first_s=1.0, max_s=5.0).waits())
-    [1.0, 2.0, 4.0, 5.0]
-    """
-
-    retries: int
-    first_s: float
-    max_s: float = 30.0
-
-    def waits(self) -> Iterator[float]:
-        for attempt in range(self.retries):
-            yield min(self.first_s * 2**attempt, self.max_s)
-
-    def call(self, attempt: Callable, retry_on: Callable[[BaseException], bool], on_retry=None):
-        """Run ``attempt()`` until it succeeds, an error is not retryable, or the budget is spent."""
-        waits = self.waits()
-        while True:
-            try:
-                return attempt()
-            except Exception as error:
-                wait = next(waits, None) if retry_on(error) else None
-                if wait is None:
-                    raise
-                if on_retry:
-                    on_retry(error, wait)
-                time.sleep(wait)

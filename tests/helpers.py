@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import awkward as ak
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from hepstream import wire
-from hepstream.config import config_from_dict
+from hepstream.config import KafkaConfig, config_from_dict
+from hepstream.kafka import new_consumer
 from hepstream.streaming.datagen import generate_file
 from hepstream.streaming.producer import Producer
 
@@ -31,7 +32,7 @@ def pipeline_config(topic: str, files, store, **sections):
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
     """Every record of a topic, read with explicit assignment (no slow group join)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = new_consumer(bootstrap, KafkaConfig())
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(partitions)

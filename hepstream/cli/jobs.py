@@ -55,7 +55,8 @@ def _wait_for_signal() -> threading.Event:
 
 def run_produce(args) -> int:
     """Exit 0 when every file went through, 1 when any failed, 3 when the brokers cannot be reached."""
-    from hepstream.streaming.producer import BrokerUnavailable, Producer, tune_malloc_for_chunks
+    from hepstream.kafka import BrokerUnavailable
+    from hepstream.streaming.producer import Producer, tune_malloc_for_chunks
     from hepstream.streaming.progress import progress_for
 
     config, bootstrap = _load(args)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from hepstream.config import KafkaConfig
+from hepstream.kafka import new_admin
 from hepstream.stack.errors import StackError
 from hepstream.stack.service import LocalService
 
@@ -87,11 +88,11 @@ class EmbeddedBroker(LocalService):
     def _check_ready(self, timeout_s: float) -> None:
         timeout_ms = int(timeout_s * 1000)
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap,
+            admin = new_admin(
+                self.bootstrap,
+                KafkaConfig(connect_timeout_s=timeout_s),
                 client_id="hepstream-stack-check",
                 request_timeout_ms=timeout_ms,
-                bootstrap_timeout_ms=timeout_ms,
             )
             try:
                 admin.list_topics()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from hepstream.stack.errors import service_failure
+from hepstream.waiting import poll_until
 
 _POLL_INTERVAL_S = 0.005
 
@@ -60,8 +60,8 @@ def wait_for_port(
     its exit code and the end of ``log_path``: a service that cannot start
     says why in its log, not on the socket.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def listening() -> bool:
         if process is not None and process.poll() is not None:
             raise service_failure(
                 what,
@@ -72,15 +72,18 @@ def wait_for_port(
             )
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                return True
         except OSError:
-            pass
-        if time.monotonic() >= deadline:
-            raise service_failure(
-                what,
-                f"nothing listens on {host}:{port} after {timeout_s:g} s",
-                None if process is None else process.args,
-                None if process is None else process.poll(),
-                log_path,
-            )
-        time.sleep(_POLL_INTERVAL_S)
+            return False
+
+    try:
+        poll_until(listening, timeout_s=timeout_s, what=f"nothing listens on {host}:{port}",
+                   interval_s=_POLL_INTERVAL_S)
+    except TimeoutError as timeout:
+        raise service_failure(
+            what,
+            str(timeout),
+            None if process is None else process.args,
+            None if process is None else process.poll(),
+            log_path,
+        ) from None

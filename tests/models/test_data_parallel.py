@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from kafka import KafkaProducer
 
 from hepstream.config import ConfigError, FeaturesConfig, JaggedFeature, ModelConfig, TrainingConfig
+from hepstream.kafka import new_producer
 from hepstream.models.data_parallel import average_states, merged_drift, pool_features
 from hepstream.models.features import FeaturePipeline
 from hepstream.models.metrics import PrequentialMetrics
@@ -178,7 +178,7 @@ def test_two_workers_write_one_lineage_that_a_killed_run_resumes_exactly_once(ra
         time.sleep(0.05)
     learned_before = store.read_meta(store.latest())["counters"]["events_trained"]
     records = read_topic(broker.bootstrap, config.dataset.topic)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    producer = new_producer(broker.bootstrap, config.kafka)
     for r in records[:2]:  # a producer re-sending chunks after a crash: duplicates, skipped and counted
         producer.send(r.topic, key=r.key, value=r.value, headers=r.headers, partition=r.partition)
     producer.close()

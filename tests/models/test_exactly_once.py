@@ -16,12 +16,13 @@ import time
 
 import pytest
 import yaml
-from kafka import KafkaProducer
 
 from hepstream import wire
+from hepstream.config import KafkaConfig
+from hepstream.kafka import ensure_topic, new_producer
 from hepstream.models.store import ModelStore
 from hepstream.streaming.datagen import generate_file
-from hepstream.streaming.producer import ensure_topic, read_plan
+from hepstream.streaming.producer import read_plan
 from hepstream.streaming.reader import iterate_chunks
 from tests.helpers import pipeline_config
 
@@ -47,7 +48,7 @@ class LiveStream(threading.Thread):
         self.partitions, self.pause, self.first = partitions, 1.0 / per_s, first
 
     def run(self):
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        producer = new_producer(self.bootstrap, KafkaConfig())
         try:
             for i, (key, value, headers) in enumerate(self.messages, start=self.first):
                 producer.send(self.topic, key=key, value=value, headers=headers, partition=i % self.partitions)
@@ -85,7 +86,7 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     messages, produced = _messages(config)
     resent = messages[:5]  # a producer restarted after a crash re-sends chunks it had already sent
-    ensure_topic(broker.bootstrap, config.dataset.topic, config.kafka.partitions, config.kafka.max_message_bytes)
+    ensure_topic(broker.bootstrap, config.dataset.topic, config.kafka.partitions, config.kafka)
     store = ModelStore(config.store.path, config.model.name)
     rng = random.Random(7)
     # One slice of the stream per trainer life, published while that trainer runs: on a slow machine a

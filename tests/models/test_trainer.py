@@ -6,10 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from kafka import KafkaProducer
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from hepstream import wire
+from hepstream.config import KafkaConfig
+from hepstream.kafka import new_producer
 from hepstream.models.metrics import roc_auc
 from hepstream.models.store import ModelStore
 from hepstream.models.trainer import StreamTrainer, use_compute_threads
@@ -40,7 +41,7 @@ def _train_until(trainer: StreamTrainer, done, timeout_s: float = 60.0) -> None:
 
 
 def _send_raw(bootstrap, topic, key, value, headers):
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    producer = new_producer(bootstrap, KafkaConfig())
     producer.send(topic, key=key, value=value, headers=headers, partition=0)
     producer.flush()
     producer.close()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-from kafka import KafkaAdminClient
 
 from hepstream import wire
 from hepstream.config import ConfigError, FileSpec
+from hepstream.kafka import BrokerUnavailable, new_admin
 from hepstream.stack.ports import free_port
-from hepstream.streaming.producer import BrokerUnavailable, Producer
+from hepstream.streaming.producer import Producer
 from tests.helpers import labelled_pair, pipeline_config, produce, read_topic
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_a_bad_selection_fails_before_anything_is_published(broker, unique_topic
     config = pipeline_config(unique_topic, files, tmp_path, dataset=dataset)
     with pytest.raises(ConfigError, match=message):
         produce(config, broker.bootstrap)
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin = new_admin(broker.bootstrap, config.kafka)
     try:
         assert config.dataset.topic not in admin.list_topics()  # not even created
     finally:

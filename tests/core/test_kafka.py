@@ -1,0 +1,41 @@
+"""The Kafka module against the embedded broker: topics created once, awaited, and a wait that names its topic."""
+
+import threading
+
+import pytest
+
+from hepstream.config import KafkaConfig
+from hepstream.kafka import client_options, ensure_topic, new_admin, new_consumer, topic_partitions, wait_for_topic
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_client_gets_the_brokers_and_the_configured_timeout():
+    assert client_options("h:9092", KafkaConfig(connect_timeout_s=2.5)) == {
+        "bootstrap_servers": "h:9092", "bootstrap_timeout_ms": 2500}
+
+
+def test_a_topic_is_created_once_with_its_message_limit_and_then_found(broker, unique_topic):
+    kafka = KafkaConfig(max_message_bytes=123_456)
+    ensure_topic(broker.bootstrap, unique_topic, 3, kafka)
+    ensure_topic(broker.bootstrap, unique_topic, 3, kafka)  # exists already: not an error
+    assert topic_partitions(broker.bootstrap, kafka, unique_topic, timeout_s=10.0) == [0, 1, 2]
+    admin = new_admin(broker.bootstrap, kafka)
+    try:
+        assert unique_topic in admin.list_topics()
+    finally:
+        admin.close()
+
+
+def test_waiting_for_a_missing_topic_names_it_and_the_brokers(broker, unique_topic):
+    consumer = new_consumer(broker.bootstrap, KafkaConfig())
+    try:
+        missing = rf"topic '{unique_topic}' does not exist on {broker.bootstrap} after 0.3 s"
+        with pytest.raises(TimeoutError, match=missing):
+            wait_for_topic(consumer, unique_topic, timeout_s=0.3)
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(TimeoutError, match="does not exist"):
+            wait_for_topic(consumer, unique_topic, timeout_s=60.0, stop=stop)
+    finally:
+        consumer.close()
