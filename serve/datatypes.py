@@ -115,6 +115,9 @@ DATATYPES = {datatype.name: datatype for datatype in (
 """The Open Inference Protocol's datatypes a branch can be sent in (not BYTES: branches are numbers)."""
 
 FEATURES = Datatype("float32", np.dtype(np.float32), " (the type of the model's features)")
+FEATURE_NUMBER = {"type": "number", "minimum": -float(np.finfo(np.float32).max),
+                  "maximum": float(np.finfo(np.float32).max)}
+"""The OpenAPI schema of a branch value sent as a JSON number: what float32 holds."""
 
 
 def check_features(doubles: np.ndarray, locate: FieldAt, status: int) -> None:

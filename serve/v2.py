@@ -222,7 +222,8 @@ def _json_values(data: Any, shape: list[int], field: str) -> list:
         raise _bad(field, "data must be an array of numbers (flat or nested by row)")
     if data and all(type(row) is list for row in data):
         if len(shape) != 2 or any(len(row) != shape[1] for row in data):
-            raise _bad(field, f"data nested by row must have rows of {shape[-1]} values for shape {shape}")
+            raise _bad(field, f"data nested by row must have shape [events, values], one row of values "
+                              f"per event; got shape {shape} and rows of {sorted({len(row) for row in data})} values")
         data = list(chain.from_iterable(data))
     if len(data) != math.prod(shape):
         raise _bad(field, f"{len(data)} values do not fill shape {shape}")

@@ -103,6 +103,9 @@ def test_unknown_model_is_404(client):
     ({"inputs": [{"name": "MET_pt", "shape": [2], "datatype": "FP64", "data": [1.0]}]}, "inputs.MET_pt"),
     ({"inputs": [{"name": "MET_pt", "shape": [1], "datatype": "FP64", "data": ["x"]}]}, "inputs.MET_pt[0]"),
     ({"inputs": [{"name": "MET_pt", "shape": [1], "datatype": ["FP64"], "data": [1]}]}, "inputs.MET_pt"),
+    ({"inputs": [{"name": "MET_pt", "shape": [2], "datatype": "FP64", "data": [[1.0], [2.0]]}]}, "inputs.MET_pt"),
+    ({"inputs": [{"name": "Muon_pt", "shape": [2, 2], "datatype": "FP64", "data": [[1.0, 2.0], [3.0]]}]},
+     "inputs.Muon_pt"),
     ({"inputs": {}}, "inputs"),
     ({"inputs": [], "outputs": [{"name": "probability"}]}, "outputs[0]"),
 ])
