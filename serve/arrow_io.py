@@ -10,8 +10,9 @@ about a millisecond and a quarter, where the model's forward pass takes 5 ms.
 The body comes from an untrusted client, so the stream is read with Arrow's
 own reader (no pickle: extension types are not unpickled) and each column is
 validated in full before numpy looks at its buffers; then the same rules as
-for JSON apply, a column of the wrong type, with nulls, or with NaN or an
-infinity being a 422 that names the branch and event.
+for JSON apply, a column of the wrong type, with nulls, with NaN or an
+infinity, or with a value beyond the float32 of the model's features
+(:mod:`hepstream.serve.datatypes`) being a 422 that names the branch and event.
 
 >>> from hepstream.models.features import BranchSpec
 >>> body = write_stream(pa.record_batch({"MET_pt": pa.array([41, 7], pa.int32()), "Muon_pt": [[51.0], []]}))
@@ -30,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from hepstream.models.features import BranchSpec
+from hepstream.serve.datatypes import check_features
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import check_count, input_schema
 
@@ -71,7 +73,7 @@ def _flat(column: pa.Array, name: str) -> pa.Array:
         raise RequestError(422, f"{name} must be a column of numbers, got Arrow type {column.type}", name)
     _no_nulls(column, name)
     doubles = column if column.type == _FLAT else column.cast(_FLAT, safe=False)
-    _finite(doubles.to_numpy(zero_copy_only=False), None, name)
+    check_features(doubles.to_numpy(zero_copy_only=False), lambda event: f"{name}[{event}]", 422)
     return doubles
 
 
@@ -88,7 +90,8 @@ def _jagged(column: pa.Array, name: str) -> pa.Array:
     if values.null_count:
         first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
         raise RequestError(422, f"{name} holds a null value", _event(name, offsets, first))
-    _finite(values.to_numpy(zero_copy_only=False), offsets - offsets[0], name)
+    starts = offsets - offsets[0]
+    check_features(values.to_numpy(zero_copy_only=False), lambda k: _event(name, starts, k), 422)
     return lists
 
 
@@ -96,14 +99,6 @@ def _no_nulls(column: pa.Array, name: str) -> None:
     if column.null_count:
         first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise RequestError(422, f"{name} is null in {column.null_count} event(s)", f"{name}[{first}]")
-
-
-def _finite(values: np.ndarray, offsets: np.ndarray | None, name: str) -> None:
-    if np.isfinite(values).all():
-        return
-    bad = int(np.flatnonzero(~np.isfinite(values))[0])
-    raise RequestError(422, f"{values[bad]} is not accepted; values must be finite numbers",
-                       f"{name}[{bad}]" if offsets is None else _event(name, offsets, bad))
 
 
 def _event(name: str, offsets: np.ndarray, k: int) -> str:

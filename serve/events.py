@@ -10,8 +10,8 @@ uproot's ``arrays(library="np")`` or ``ak.to_list`` of a field gives them)::
 The batch holds exactly the branches the model declares, in its order: a flat
 branch becomes a float64 column, a jagged one a list<double> column. Every
 check runs per column over all events at once (a set of types, one numpy
-conversion, one finiteness test); only when a column is bad do we walk it in
-Python to name the first event at fault. Client mistakes raise :class:`RequestError`
+conversion, one finiteness and float32 range test); only when a column is bad
+do we walk it in Python to name the first event at fault. Client mistakes raise :class:`RequestError`
 (400 unreadable body, 413 too many events, 422 a branch missing or of the
 wrong type); nothing a client sends reaches the model unchecked.
 
@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from hepstream.models.features import BranchSpec
+from hepstream.serve.datatypes import FEATURES, FieldAt, check_finite
 from hepstream.serve.errors import RequestError
 from hepstream.suggest import did_you_mean
 
@@ -178,25 +179,11 @@ def _missing(name: str, keys: Iterable[str], expected: list[str], field: str) ->
     return RequestError(422, f"missing branch {name!r} (the model reads {', '.join(expected)}){hint}", field)
 
 
-def _finite_doubles(numbers: list, field: Callable[[int], str]) -> np.ndarray:
-    """Convert JSON numbers to float64, refusing NaN, infinities and integers beyond a double's range."""
-    try:
-        array = np.array(numbers, dtype=np.float64)
-    except OverflowError:
-        index = next(i for i, number in enumerate(numbers) if not _fits_double(number))
-        raise RequestError(422, "number too large for a double", field(index)) from None
-    bad = np.flatnonzero(~np.isfinite(array))
-    if bad.size:
-        raise RequestError(422, f"{numbers[bad[0]]} is not accepted; values must be finite numbers", field(int(bad[0])))
-    return array
-
-
-def _fits_double(number: int | float) -> bool:
-    try:
-        float(number)
-    except OverflowError:
-        return False
-    return True
+def _finite_doubles(numbers: list, field: FieldAt) -> np.ndarray:
+    """JSON numbers as float64, refusing NaN, infinities and numbers beyond the float32 of the model's features."""
+    doubles = FEATURES.from_json(numbers, field, 422)
+    check_finite(doubles, field, 422)
+    return doubles
 
 
 def _json_type(value: Any) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from hepstream.serve.datatypes import FEATURE_NUMBER
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import batch_of
 from hepstream.serve.scoring import Serving
@@ -31,7 +32,7 @@ from hepstream.serve.v1 import version_headers
 def request_schemas(inputs: list[Any] | None) -> dict[str, dict]:
     """OpenAPI schema of a TFaaS row; with the model's inputs, its keys are exactly the branches it reads."""
     keys: dict = {"type": "array", "items": {"type": "string"}}
-    values: dict = {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]}}
+    values: dict = {"type": "array", "items": {"anyOf": [FEATURE_NUMBER, {"type": "array", "items": FEATURE_NUMBER}]}}
     if inputs is not None:
         count = {"minItems": len(inputs), "maxItems": len(inputs)}
         keys = {**keys, **count, "uniqueItems": True, "items": {"type": "string", "enum": [b.name for b in inputs]}}

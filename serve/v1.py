@@ -20,6 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from hepstream.serve.arrow_io import ARROW_STREAM, parse_arrow, scores_body
+from hepstream.serve.datatypes import FEATURE_NUMBER
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import parse_events
 from hepstream.serve.scoring import Serving
@@ -30,7 +31,7 @@ VERSION_HEADER = "X-Model-Version"
 # few events, and the GIL parses one request at a time anyway (single-event requests at concurrency 8, 2 busy
 # cores: bare uvicorn 195, 249, 259 -> 225, 275, 259 requests/s; Serve's direct ingress 157, 173 -> 206, 202).
 PARSE_ON_LOOP_BYTES = 16 * 1024
-_NUMBER = {"type": "number"}
+_NUMBER = FEATURE_NUMBER
 _NUMBERS = {"type": "array", "items": _NUMBER}
 
 

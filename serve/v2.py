@@ -8,21 +8,26 @@ the events:
   on the right with NaN after the event's last object (``K`` is up to the
   client: the longest collection it sends). NaN anywhere else is refused.
 
-Any integer or floating datatype is accepted; the output is one ``FP32``
-tensor ``score`` of shape ``[N]``. Tensor data may come as JSON (``data``) or
+``BOOL`` and every integer and floating datatype are accepted (not
+``BYTES``: branches are numbers), and each value must be one of its
+datatype's (``1000`` is no ``INT8``, ``1.5`` no ``INT32``) and fit the
+float32 the model's features are computed in (:mod:`hepstream.serve.datatypes`);
+the output is one ``FP32`` tensor ``score`` of shape ``[N]``. Tensor data may come as JSON (``data``) or
 in the binary tensor extension that ``tritonclient`` uses by default (the JSON
 header's length in ``Inference-Header-Content-Length``, the raw tensors after
 it), and the answer is binary when the request asks for it.
 
 A tensor that cannot be read (unknown or missing input, wrong datatype or
-shape, data that does not fill the shape, NaN where none is allowed) is a 400
-whose ``field`` names the input, as ``inputs.MET_pt``.
+shape, data that does not fill the shape, a value its datatype or float32
+cannot hold, NaN where none is allowed) is a 400 whose ``field`` names the
+input, as ``inputs.MET_pt``, or the value, as ``inputs.Muon_pt[3][1]``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -31,15 +36,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from hepstream import __version__
+from hepstream.serve.datatypes import DATATYPES, FieldAt, check_features
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import check_count, input_schema
 from hepstream.serve.scoring import Serving
 from hepstream.serve.v1 import version_headers
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-DATATYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
-             "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-             "UINT64": np.uint64}
 OUTPUT = "score"
 
 
@@ -50,7 +53,8 @@ def request_schemas(inputs: list[Any] | None) -> dict[str, dict]:
         "name": name,
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 2},
         "datatype": {"type": "string", "enum": list(DATATYPES)},
-        "data": {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]}},
+        "data": {"type": "array", "items": {"anyOf": [{"type": ["number", "boolean"]},
+                                                      {"type": "array", "items": {"type": ["number", "boolean"]}}]}},
     }}
     return {"InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"},
@@ -188,14 +192,15 @@ def _tensors_to_batch(document: dict, binary: bytes, inputs: list[Any], max_even
 
 def _read_tensor(tensor: dict, binary: bytes, offset: int, field: str) -> tuple[np.ndarray, int]:
     """The tensor as a float64 array of its declared shape, and the binary offset after its data."""
-    datatype = tensor.get("datatype")
-    dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
-    if dtype is None:
-        raise _bad(field, f"datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}")
+    name = tensor.get("datatype")
+    datatype = DATATYPES.get(name) if isinstance(name, str) else None
+    if datatype is None:
+        raise _bad(field, f"datatype must be one of {', '.join(DATATYPES)}, got {name!r}")
     shape = tensor.get("shape")
     if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(type(d) is int and d >= 0 for d in shape)):
         raise _bad(field, f"shape must be [events] or [events, values] of non-negative integers, got {shape!r}")
     size = math.prod(shape)
+    locate = _locate(field, shape)
     parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
     binary_size = parameters.get("binary_data_size")
     if binary_size is not None:
@@ -203,27 +208,40 @@ def _read_tensor(tensor: dict, binary: bytes, offset: int, field: str) -> tuple[
             raise _bad(field, f"binary_data_size {binary_size!r} runs past the body")
         raw = binary[offset:offset + binary_size]
         offset += binary_size
-        if len(raw) != size * np.dtype(dtype).itemsize:
-            raise _bad(field, f"{len(raw)} bytes of data do not fill shape {shape} of {datatype}")
-        values = np.frombuffer(raw, dtype=dtype).astype(np.float64)
+        if len(raw) != size * datatype.dtype.itemsize:
+            raise _bad(field, f"{len(raw)} bytes of data do not fill shape {shape} of {name}")
+        values = datatype.from_bytes(raw, locate, 400)
     else:
-        data = tensor.get("data")
-        try:
-            values = np.asarray(data, dtype=np.float64).ravel() if isinstance(data, list) else None
-        except (ValueError, TypeError, OverflowError):
-            values = None
-        if values is None:
-            raise _bad(field, "data must be an array of numbers (flat or nested by row)")
-        if values.size != size:
-            raise _bad(field, f"{values.size} values do not fill shape {shape}")
+        values = datatype.from_json(_json_values(tensor.get("data"), shape, field), locate, 400)
     return values.reshape(shape), offset
+
+
+def _json_values(data: Any, shape: list[int], field: str) -> list:
+    """A tensor's JSON data in row-major order, from flat data or data nested by row."""
+    if not isinstance(data, list):
+        raise _bad(field, "data must be an array of numbers (flat or nested by row)")
+    if data and all(type(row) is list for row in data):
+        if len(shape) != 2 or any(len(row) != shape[1] for row in data):
+            raise _bad(field, f"data nested by row must have shape [events, values], one row of values "
+                              f"per event; got shape {shape} and rows of {sorted({len(row) for row in data})} values")
+        data = list(chain.from_iterable(data))
+    if len(data) != math.prod(shape):
+        raise _bad(field, f"{len(data)} values do not fill shape {shape}")
+    return data
+
+
+def _locate(field: str, shape: list[int]) -> FieldAt:
+    """The field of a tensor's value by its row-major position: inputs.Muon_pt[event][object]."""
+    if len(shape) == 1:
+        return lambda position: f"{field}[{position}]"
+    return lambda position: f"{field}[{position // shape[1]}][{position % shape[1]}]"
 
 
 def _flat(tensor: np.ndarray, field: str) -> pa.Array:
     if tensor.ndim == 2 and tensor.shape[1] != 1:
         raise _bad(field, f"a flat branch takes shape [events] or [events, 1], got {list(tensor.shape)}")
     values = tensor.reshape(-1)
-    _finite(values, field)
+    check_features(values, lambda event: f"{field}[{event}]", 400)
     return pa.array(values, type=pa.float64())
 
 
@@ -237,15 +255,11 @@ def _jagged(tensor: np.ndarray, field: str) -> pa.Array:
         row = int(np.flatnonzero((present != (np.arange(tensor.shape[1]) < counts[:, None])).any(axis=1))[0])
         raise _bad(field, f"NaN is only allowed as padding after an event's last object (event {row})")
     values = tensor[present]
-    _finite(values, field)
+    locate = _locate(field, list(tensor.shape))
+    check_features(values, lambda k: locate(int(np.flatnonzero(present.ravel())[k])), 400)
     offsets = np.zeros(len(counts) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float64()))
-
-
-def _finite(values: np.ndarray, field: str) -> None:
-    if not np.isfinite(values).all():
-        raise _bad(field, "values must be finite numbers (no NaN or infinity)")
 
 
 def _bad(field: str, message: str) -> RequestError:

@@ -90,6 +90,8 @@ GOOD = {"MET_pt": 10.0, "Muon_pt": [20.0]}
     ({"MET_pt": 1.0, "Muon_pt": [[1.0]]}, "events[1].Muon_pt[0]", "got an array"),
     ({"MET_pt": 10**400, "Muon_pt": []}, "events[1].MET_pt", "too large"),
     ({"MET_pt": 1.0, "Muon_pt": [1.0, 10**400]}, "events[1].Muon_pt[1]", "too large"),
+    ({"MET_pt": 1e308, "Muon_pt": []}, "events[1].MET_pt", "events[1].MET_pt: 1e+308 is too large for float32"),
+    ({"MET_pt": 1.0, "Muon_pt": [-3.5e38]}, "events[1].Muon_pt[0]", "-3.5e+38 is too large for float32"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_a_bad_branch_is_422_naming_the_event_and_branch(parse, bad_event, field, words):
     with pytest.raises(RequestError) as caught:

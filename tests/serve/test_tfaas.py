@@ -29,7 +29,14 @@ def test_round_trip(served, standins):
     ({"keys": ["Muon_pt", "MET_pt"], "values": [[1.0, None], 2.0]}, 422, "values[0][1]"),
     ({"keys": ["MET_pt", "Muon_pt"], "values": [1.0, []], "model": "other"}, 404, "model"),
     ({"values": [1.0]}, 400, "keys"),
+    ({"keys": ["MET_pt", "Muon_pt"], "values": [1e308, []]}, 422, "values[0]"),
+    ({"keys": ["Muon_pt", "MET_pt"], "values": [[1.0, 1e39], 2.0]}, 422, "values[0][1]"),
 ])
 def test_mistakes_name_the_field(served, row, status, field):
     answer = requests.post(f"{served.url}/json", json=row, timeout=10)
     assert (answer.status_code, answer.json()["field"]) == (status, field), answer.text
+
+
+def test_a_value_beyond_float32_is_named_with_its_type(served):
+    answer = requests.post(f"{served.url}/json", json={"keys": ["MET_pt", "Muon_pt"], "values": [1e308, []]}, timeout=10)
+    assert answer.json()["error"].startswith("values[0]: 1e+308 is too large for float32"), answer.text

@@ -78,6 +78,32 @@ def test_bad_arrow_names_the_column(served, table, status, field):
     assert (answer.status_code, answer.json()["field"]) == (status, field), answer.text
 
 
+@pytest.mark.parametrize("body, field, value", [
+    ({"events": [EVENTS[0], {"MET_pt": 1e308, "Muon_pt": []}]}, "events[1].MET_pt", "1e+308"),
+    ({"columns": {"MET_pt": [1.0, 2.0], "Muon_pt": [[], [1.0, -3.5e38]]}}, "columns.Muon_pt[1][1]", "-3.5e+38"),
+], ids=["rows", "columns"])
+def test_json_beyond_float32_is_422_naming_event_value_and_type(served, body, field, value):
+    answer = post(served, body)
+    assert (answer.status_code, answer.json()["field"]) == (422, field), answer.text
+    assert answer.json()["error"].startswith(f"{field}: {value} is too large for float32"), answer.text
+
+
+@pytest.mark.parametrize("table, field, value", [
+    (pa.table({"MET_pt": [1.0, 2.0, 1e308], "Muon_pt": [[], [], []]}), "MET_pt[2]", "1e+308"),
+    (pa.table({"MET_pt": [1.0, 2.0], "Muon_pt": [[1.0], [2.0, -1e39]]}), "Muon_pt[1]", "-1e+39"),
+], ids=["flat", "jagged"])
+def test_arrow_beyond_float32_is_422_naming_event_value_and_type(served, table, field, value):
+    answer = requests.post(f"{served.url}/v1/models/demo/predict", data=write_stream(table),
+                           headers={"Content-Type": ARROW_STREAM}, timeout=10)
+    assert (answer.status_code, answer.json()["field"]) == (422, field), answer.text
+    assert answer.json()["error"].startswith(f"{field}: {value} is too large for float32"), answer.text
+    # float32's largest value itself is scored.
+    largest = pa.table({"MET_pt": pa.array([np.finfo(np.float32).max], pa.float32()), "Muon_pt": [[1.0]]})
+    answer = requests.post(f"{served.url}/v1/models/demo/predict", data=write_stream(largest),
+                           headers={"Content-Type": ARROW_STREAM}, timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
 def test_bytes_that_are_not_arrow_are_400(served):
     answer = requests.post(f"{served.url}/v1/models/demo/predict", data=b"\xff" * 64,
                            headers={"Content-Type": ARROW_STREAM}, timeout=10)

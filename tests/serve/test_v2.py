@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import requests
@@ -99,11 +101,67 @@ def test_unknown_model_is_404(client):
 @pytest.mark.parametrize("body, field", [
     ({"inputs": [{"name": "MET_pt", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, "inputs.MET_pt"),
     ({"inputs": [{"name": "MET_pt", "shape": [2], "datatype": "FP64", "data": [1.0]}]}, "inputs.MET_pt"),
-    ({"inputs": [{"name": "MET_pt", "shape": [1], "datatype": "FP64", "data": ["x"]}]}, "inputs.MET_pt"),
+    ({"inputs": [{"name": "MET_pt", "shape": [1], "datatype": "FP64", "data": ["x"]}]}, "inputs.MET_pt[0]"),
     ({"inputs": [{"name": "MET_pt", "shape": [1], "datatype": ["FP64"], "data": [1]}]}, "inputs.MET_pt"),
+    ({"inputs": [{"name": "MET_pt", "shape": [2], "datatype": "FP64", "data": [[1.0], [2.0]]}]}, "inputs.MET_pt"),
+    ({"inputs": [{"name": "Muon_pt", "shape": [2, 2], "datatype": "FP64", "data": [[1.0, 2.0], [3.0]]}]},
+     "inputs.Muon_pt"),
     ({"inputs": {}}, "inputs"),
     ({"inputs": [], "outputs": [{"name": "probability"}]}, "outputs[0]"),
 ])
 def test_malformed_json_requests_are_400_naming_the_field(served, body, field):
     answer = requests.post(f"{served.url}/v2/models/demo/infer", json=body, timeout=10)
     assert (answer.status_code, answer.json()["field"]) == (400, field), answer.text
+
+
+def infer_json(served, met, met_type="FP64", muons=((1.0,), (2.0,)), muon_type="FP64"):
+    body = {"inputs": [{"name": "MET_pt", "shape": [len(met)], "datatype": met_type, "data": list(met)},
+                       {"name": "Muon_pt", "shape": [len(muons), len(muons[0])], "datatype": muon_type,
+                        "data": [list(row) for row in muons]}]}
+    # Python's json writes NaN and Infinity, which the server reads (strict JSON has neither).
+    return requests.post(f"{served.url}/v2/models/demo/infer", data=json.dumps(body), timeout=10)
+
+
+@pytest.mark.parametrize("met, met_type, muons, muon_type, field, words", [
+    ([1, 1000], "INT8", ((1.0,), (2.0,)), "FP64", "inputs.MET_pt[1]",
+     "1000 is out of range for INT8, which holds integers from -128 to 127"),
+    ([-1, 2], "UINT16", ((1.0,), (2.0,)), "FP64", "inputs.MET_pt[0]", "-1 is out of range for UINT16"),
+    ([1, 1.5], "INT32", ((1.0,), (2.0,)), "FP64", "inputs.MET_pt[1]", "1.5 is not INT32"),
+    ([True, 2], "BOOL", ((1.0,), (2.0,)), "FP64", "inputs.MET_pt[1]", "2 is not BOOL"),
+    ([1.0, 70000.0], "FP16", ((1.0,), (2.0,)), "FP64", "inputs.MET_pt[1]", "70000.0 is too large for FP16"),
+    ([1.0, 1e308], "FP64", ((1.0,), (2.0,)), "FP64", "inputs.MET_pt[1]", "1e+308 is too large for float32"),
+    ([1.0, 2.0], "FP64", ((1.0, float("nan")), (2.0, -1e39)), "FP64", "inputs.Muon_pt[1][1]",
+     "-1e+39 is too large for float32"),
+    ([1, 2], "INT32", ((1, float("nan")), (2, 3)), "INT32", "inputs.Muon_pt[0][1]",
+     "NaN is not INT32, which holds integers from -2147483648 to 2147483647; pad a jagged branch with NaN"),
+    ([1.0, float("inf")], "FP64", ((1.0,), (2.0,)), "FP64", "inputs.MET_pt[1]",
+     "Infinity is not accepted; values must be finite numbers"),
+], ids=["int8-range", "uint16-negative", "int32-fraction", "bool-number", "fp16-range", "fp64-beyond-float32",
+        "jagged-beyond-float32", "nan-padding-in-int", "infinity"])
+def test_values_their_type_cannot_hold_are_400_naming_input_index_value_and_type(served, met, met_type, muons,
+                                                                                 muon_type, field, words):
+    answer = infer_json(served, met, met_type, muons, muon_type)
+    assert (answer.status_code, answer.json()["field"]) == (400, field), answer.text
+    assert answer.json()["error"].startswith(f"{field}: ") and words in answer.json()["error"], answer.text
+
+
+def test_bool_and_every_integer_type_at_its_edges_are_scored(served, standins):
+    answer = infer_json(served, [True, False], "BOOL", ((127,), (-128,)), "INT8")
+    assert answer.status_code == 200, answer.text
+    scores = answer.json()["outputs"][0]["data"]
+    assert scores == [float(standins.score_of(1.0, [127.0], 0.5)), float(standins.score_of(0.0, [-128.0], 0.5))]
+    for name, largest in [("UINT64", 2**64 - 1), ("INT64", 2**63 - 1), ("UINT32", 2**32 - 1), ("INT16", 2**15 - 1)]:
+        assert infer_json(served, [0, largest], name).status_code == 200, name
+
+
+def test_binary_data_beyond_float32_or_not_bool_is_400(client):
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("demo", tensors(met=np.array([1.0, 2.0, 1e300])))
+    assert caught.value.status() == "400"
+    assert "inputs.MET_pt[2]: 1e+300 is too large for float32" in caught.value.message()
+    flags = triton.InferInput("MET_pt", [3], "BOOL")
+    flags.set_data_from_numpy(np.array([True, False, True]))
+    flags._raw_data = b"\x01\x00\x07"  # what a client with a bad encoder might send
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("demo", [flags, tensors()[1]])
+    assert caught.value.status() == "400" and "inputs.MET_pt[2]: 7 is not BOOL" in caught.value.message()
