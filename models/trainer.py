@@ -202,7 +202,10 @@ class StreamTrainer:
                     chunks.append(self.learner.prepare(chunk.batch, self._labels(chunk)))
                     keys.add(key)
                     verdicts.append(Ok(m, key))
-            except (wire.WireError, FeatureError) as error:
+            except Exception as error:  # noqa: BLE001 - whatever one message raises refuses that message alone
+                # Not only WireError and FeatureError: a library deep in the feature pipeline may raise anything
+                # on bytes that passed validation, and letting it through would kill the trainer again on the
+                # same offset after every restart. Refused, the message is dead-lettered and its offset passed.
                 verdicts.append(Refused(m, error))
         return Step(verdicts, self.learner.prepare_group(chunks, ahead) if chunks else None)
 

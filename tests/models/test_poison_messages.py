@@ -1,5 +1,6 @@
 """Messages whose Arrow batch decodes but whose buffers lie never stop training, now or after a restart."""
 
+import pyarrow as pa
 import pytest
 
 from hepstream import wire
@@ -40,3 +41,33 @@ def test_poison_of_every_kind_is_dead_lettered_and_good_events_around_it_are_lea
     dead = read_topic(broker.bootstrap, f"{config.dataset.name}.dead-letter")
     sources = [dict(r.headers)[SOURCE_HEADER] for r in dead]
     assert len(dead) == 2 * len(POISONS) and sources[:len(POISONS)] == sources[len(POISONS):]
+
+
+def test_any_error_preparing_one_message_refuses_that_message_alone_now_and_after_a_restart(
+        broker, unique_topic, tmp_path, monkeypatch):
+    """By construction, not by a list of known errors: whatever turning one message into features raises."""
+    from hepstream.models.learner import Learner
+
+    files = labelled_pair(tmp_path, 1000, 1000, seed=22)
+    config = pipeline_config(unique_topic, files, tmp_path / "store")
+    produce(config, broker.bootstrap, [config.dataset.files[0]])
+    bad_key = wire.ChunkId("odd", "Events", 0, 3)
+    _send_raw(broker.bootstrap, config.dataset.topic,
+              *wire.encode(wire.Chunk(bad_key, "d", "s", pa.record_batch({"MET_pt": [-1.0, 2.0, 3.0]}), 1)))
+    produce(config, broker.bootstrap, [config.dataset.files[1]])
+
+    prepare = Learner.prepare
+
+    def explodes_on_the_odd_chunk(self, batch, labels):  # as numpy did on lists whose offsets ran backwards
+        if batch.num_rows == 3:
+            raise RuntimeError("repeats may not contain negative values")
+        return prepare(self, batch, labels)
+
+    monkeypatch.setattr(Learner, "prepare", explodes_on_the_odd_chunk)
+    for store in ("store", "store-again"):  # a fresh store reads the topic from its start: the same offset again
+        trainer = StreamTrainer(pipeline_config(unique_topic, files, tmp_path / store), broker.bootstrap)
+        _train_until(trainer, lambda t: t.counters["events_trained"] >= 2000 and t.counters["bad_messages"] >= 1)
+        assert trainer.counters["events_trained"] == 2000 and trainer.counters["bad_messages"] == 1
+    dead = read_topic(broker.bootstrap, f"{config.dataset.name}.dead-letter")
+    assert [r.key for r in dead] == [bad_key.key()] * 2
+    assert {dict(r.headers)[REASON_HEADER] for r in dead} == {b"RuntimeError: repeats may not contain negative values"}
