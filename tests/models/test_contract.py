@@ -14,6 +14,7 @@ from hepstream.models.learner import Learner
 from hepstream.models.metrics import multiclass_auc
 from hepstream.models.registry import KINDS
 from hepstream.models.store import ModelStore
+from hepstream.models.version_meta import VersionMeta
 
 FEATURES = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt", "Muon_eta"], length=3,
                                                                    sort_by="Muon_pt")], weight="w")
@@ -66,8 +67,8 @@ def test_prediction_and_learning_leave_the_input_unchanged(case):
 def _published(learner, folder):
     """The learner's state published to a store in ``folder`` and loaded back as the server loads it."""
     store = ModelStore(folder, "c")
-    meta = {"features": FEATURES.model_dump(mode="json"), "feature_state": learner.features.state_dict(),
-            "model": learner.model_config.model_dump(mode="json"), "events_seen": learner.events_seen}
+    meta = VersionMeta(features=FEATURES.model_dump(mode="json"), feature_state=learner.features.state_dict(),
+                       model=learner.model_config.model_dump(mode="json"), events_seen=learner.events_seen)
     return store.load(store.publish(learner.estimator.state_dict(), meta, {}, learner.estimator.checkpoint))
 
 
