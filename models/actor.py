@@ -92,7 +92,7 @@ class TrainerActor:
 
     def status(self) -> dict:
         running = self._thread is not None and self._thread.is_alive()
-        return {**self.trainer.status(), "running": running, "failure": self._failure}
+        return {**self.trainer.status().as_dict(), "running": running, "failure": self._failure}
 
     def stop(self, timeout_s: float = 60.0) -> dict:
         """Stop consuming, write the final checkpoint, and return the final status."""

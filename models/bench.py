@@ -195,7 +195,7 @@ def _freshness(config, bootstrap, extra_file) -> float | None:
         producer.close()
         while time.monotonic() < deadline:
             version = client.predict(config.model.name, rows)["version"]
-            if version and store.read_meta(version)["counters"]["events_trained"] > before:
+            if version and store.read_meta(version).counters["events_trained"] > before:
                 return round(time.perf_counter() - published, 2)
             time.sleep(0.02)
         return None

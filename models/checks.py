@@ -37,6 +37,7 @@ from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig, Trainin
 from hepstream.models.learner import Learner
 from hepstream.models.metrics import multiclass_auc
 from hepstream.models.store import LoadedModel, ModelStore
+from hepstream.models.version_meta import VersionMeta
 
 FEATURES = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt", "Muon_eta"], length=3,
                                                                    sort_by="Muon_pt")], weight="w")
@@ -70,8 +71,8 @@ def trained(model: ModelConfig, seed: int = 0, batches: int = 4, **training) -> 
 def published(learner: Learner, folder: str | Path) -> LoadedModel:
     """The learner's state published to a model store in ``folder`` and loaded back as the server loads it."""
     store = ModelStore(folder, learner.model_config.name)
-    meta = {"features": FEATURES.model_dump(mode="json"), "feature_state": learner.features.state_dict(),
-            "model": learner.model_config.model_dump(mode="json"), "events_seen": learner.events_seen}
+    meta = VersionMeta(features=FEATURES.model_dump(mode="json"), feature_state=learner.features.state_dict(),
+                       model=learner.model_config.model_dump(mode="json"), events_seen=learner.events_seen)
     return store.load(store.publish(learner.estimator.state_dict(), meta, {}, learner.estimator.checkpoint))
 
 

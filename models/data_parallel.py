@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 from kafka import KafkaConsumer
@@ -42,6 +43,8 @@ from hepstream.models.metrics import PrequentialMetrics
 from hepstream.models.position import COUNTERS
 from hepstream.models.store import ModelStore
 from hepstream.models.trainer import StreamTrainer
+from hepstream.models.trainer_status import TrainerStatus
+from hepstream.models.version_meta import VersionMeta
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +195,7 @@ class RoundWorker:
                 "metrics": trainer.learner.metrics, "since_checkpoint": trainer.learner.since_checkpoint,
                 "drift": trainer.learner.drift.summary()}
 
-    def checkpoint_parts(self) -> tuple[dict, dict, dict, str]:
+    def checkpoint_parts(self) -> tuple[dict, VersionMeta, dict, str]:
         model_state, meta, state, checkpoint = self.trainer.checkpoint_parts()
         return on_cpu(model_state), meta, state, checkpoint
 
@@ -223,7 +226,7 @@ class DataParallelTrainer:
         self.version = self.store.latest()
         self.base_counters = dict.fromkeys(COUNTERS, 0)
         if self.version is not None:
-            self.base_counters.update(self.store.read_meta(self.version)["counters"])
+            self.base_counters.update(self.store.read_meta(self.version).counters)
         self.splits: list[list[int]] = []
         self.reports: list[dict] = []
         self.metrics: dict = {}
@@ -241,17 +244,17 @@ class DataParallelTrainer:
     def _offsets(self) -> dict[int, int]:
         return {p: o for report in self.reports for p, o in report["offsets"].items()}
 
-    def status(self) -> dict:
+    def status(self) -> TrainerStatus:
         reports = self.reports
-        return {
+        return TrainerStatus(
             **self._counters(reports),
-            "version": self.version,
-            "epoch": 0,
-            "offsets": dict(sorted(self._offsets().items())),
-            "metrics": self.metrics,
-            "last_error": next((r["last_error"] for r in reports if r.get("last_error")), None),
-            "workers": [{"partitions": split, **r["counters"]} for split, r in zip(self.splits, reports)],
-        }
+            version=self.version,
+            epoch=0,
+            offsets=dict(sorted(self._offsets().items())),
+            metrics=self.metrics,
+            last_error=next((r["last_error"] for r in reports if r.get("last_error")), None),
+            workers=[{"partitions": split, **r["counters"]} for split, r in zip(self.splits, reports)],
+        )
 
     def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
         """Run rounds until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news."""
@@ -300,10 +303,10 @@ class DataParallelTrainer:
         counters = self._counters(shares)
         self.metrics = {**PrequentialMetrics.merged([s["metrics"] for s in shares]).summary(),
                         "drift": merged_drift([s["drift"] for s in shares])}
-        meta.update(parent=self.version, metrics=self.metrics, offsets=offsets, counters=counters,
-                    version_metrics=PrequentialMetrics.merged([s["since_checkpoint"] for s in shares]).summary(),
-                    workers=[{"partitions": split, "events_this_run": s["counters"]["events_trained"]}
-                             for split, s in zip(self.splits, shares)])
+        meta = replace(meta, parent=self.version, metrics=self.metrics, offsets=offsets, counters=counters,
+                       version_metrics=PrequentialMetrics.merged([s["since_checkpoint"] for s in shares]).summary(),
+                       workers=[{"partitions": split, "events_this_run": s["counters"]["events_trained"]}
+                                for split, s in zip(self.splits, shares)])
         state.update(offsets=offsets, counters=counters,
                      epoch_start={str(p): o for share in shares for p, o in share["epoch_start"].items()},
                      seen_keys=sorted(set().union(*(share["seen_keys"] for share in shares))))

@@ -52,7 +52,7 @@ class _Standalone(nn.Module):
 
 def export(loaded: LoadedModel, folder: Path, fmt: str) -> Path:
     """Write ``model.pt`` (TorchScript) or ``model.onnx`` and ``features.json`` into ``folder``; returns the model file."""
-    if loaded.meta.get("checkpoint", "torch") != "torch":
+    if loaded.meta.checkpoint != "torch":
         raise ExportError(f"model {loaded.name!r} version {loaded.version} is a {loaded.config.kind} model: "
                           "only torch models export to TorchScript or ONNX")
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def export(loaded: LoadedModel, folder: Path, fmt: str) -> Path:
         "model": loaded.name, "version": loaded.version, "input": "features", "dtype": "float32",
         "columns": loaded.features.feature_names, "layout": {"flat": loaded.features.layout.flat,
                                                               "collections": loaded.features.layout.collections},
-        "spec": loaded.meta["features"], "output": "probability of class 1" if loaded.classes == 2 else
+        "spec": loaded.meta.features, "output": "probability of class 1" if loaded.classes == 2 else
         f"probabilities of classes 0..{loaded.classes - 1}",
     }, indent=1))
     return target

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from hepstream.models.trainer_status import TrainerStatus
+
 _COUNTERS = {
     "events_trained": "Events learned (each once)",
     "chunks": "Chunks learned",
@@ -27,7 +29,7 @@ _GAUGES = {"auc": "Prequential AUC over the sliding window", "overall_auc": "Pre
 
 
 class TrainerCollector:
-    def __init__(self, model: str, status: Callable[[], dict]):
+    def __init__(self, model: str, status: Callable[[], TrainerStatus]):
         self.model = model
         self.status = status
 
@@ -35,9 +37,9 @@ class TrainerCollector:
         status = self.status()
         for name, text in _COUNTERS.items():
             family = CounterMetricFamily(f"hepstream_trainer_{name}", text, labels=["model"])
-            family.add_metric([self.model], status.get(name, 0))
+            family.add_metric([self.model], getattr(status, name))
             yield family
-        metrics = status.get("metrics", {})
+        metrics = status.metrics
         for name, text in _GAUGES.items():
             if metrics.get(name) is not None:
                 family = GaugeMetricFamily(f"hepstream_trainer_{name}", text, labels=["model"])
@@ -48,11 +50,11 @@ class TrainerCollector:
         drift.add_metric([self.model], metrics.get("drift", {}).get("detections", 0))
         yield drift
         version = GaugeMetricFamily("hepstream_trainer_model_version", "Newest published version", labels=["model"])
-        version.add_metric([self.model], status.get("version") or 0)
+        version.add_metric([self.model], status.version or 0)
         yield version
 
 
-def serve_metrics(model: str, status: Callable[[], dict], port: int):
+def serve_metrics(model: str, status: Callable[[], TrainerStatus], port: int):
     """Start the /metrics HTTP server on 127.0.0.1:port (0: any free port); returns (server, port)."""
     registry = CollectorRegistry()
     registry.register(TrainerCollector(model, status))

@@ -7,8 +7,9 @@ grow, and only the newest ``store.keep`` versions stay on disk. Each version
 holds the model state, as ``weights.pt`` (torch models, read back with
 ``torch.load(weights_only=True)``) or ``model.json`` (river and JSON user
 models): a checkpoint is data, never code. ``meta.json`` holds what a reader
-needs (feature spec and state, metrics, lineage); ``trainer.json`` the
-trainer's resume state (offsets, seen chunk keys, counters).
+needs (a :class:`~hepstream.models.version_meta.VersionMeta`: feature spec
+and state, metrics, lineage); ``trainer.json`` the trainer's resume state
+(offsets, seen chunk keys, counters).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ import pyarrow as pa
 from hepstream.config import FeaturesConfig, ModelConfig, TrainingConfig
 from hepstream.models.features import BranchSpec, FeaturePipeline
 from hepstream.models.registry import build_estimator
+from hepstream.models.version_meta import VersionMeta
 
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 _STAGING = re.compile(r"^\.staging-v\d+-(\d+)-")
@@ -38,13 +41,13 @@ class StoreError(RuntimeError):
 class LoadedModel:
     """One published version, ready to score events in branch space."""
 
-    def __init__(self, name: str, version: int, meta: dict, model_state: dict):
+    def __init__(self, name: str, version: int, meta: VersionMeta, model_state: dict):
         self.name = name
         self.version = version
         self.meta = meta
-        self.features = FeaturePipeline(FeaturesConfig.model_validate(meta["features"]))
-        self.features.load_state_dict(meta["feature_state"])
-        self.config = ModelConfig.model_validate(meta["model"])
+        self.features = FeaturePipeline(FeaturesConfig.model_validate(meta.features))
+        self.features.load_state_dict(meta.feature_state)
+        self.config = ModelConfig.model_validate(meta.model)
         self.estimator = build_estimator(self.config, self.features, TrainingConfig(device="cpu"))
         self.estimator.load_state_dict(model_state)
 
@@ -92,24 +95,25 @@ class ModelStore:
     def path(self, version: int) -> Path:
         return self.folder / f"v{version:06d}"
 
-    def publish(self, model_state: dict, meta: dict, trainer_state: dict, checkpoint: str = "torch") -> int:
+    def publish(self, model_state: dict, meta: VersionMeta, trainer_state: dict, checkpoint: str = "torch") -> int:
         """Write a new version atomically and return its number.
 
-        ``checkpoint`` is ``"torch"`` (``model_state`` holds tensors) or ``"json"``.
+        ``checkpoint`` is ``"torch"`` (``model_state`` holds tensors) or ``"json"``. The
+        version's name, number, time and checkpoint format replace those of ``meta``.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_abandoned_staging()
         version = (self.latest() or 0) + 1
         staging = self.folder / f".staging-v{version:06d}-{os.getpid()}-{time.monotonic_ns()}"
         staging.mkdir()
-        meta = {**meta, "name": self.model, "version": version, "created": time.time(), "checkpoint": checkpoint}
+        meta = replace(meta, name=self.model, version=version, created=time.time(), checkpoint=checkpoint)
         if checkpoint == "torch":
             import torch
 
             torch.save(model_state, staging / "weights.pt")
         else:
             (staging / "model.json").write_text(json.dumps(model_state))
-        (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+        (staging / "meta.json").write_text(meta.to_json())
         (staging / "trainer.json").write_text(json.dumps(trainer_state))
         try:
             os.rename(staging, self.path(version))
@@ -130,8 +134,8 @@ class ModelStore:
         for version in self.versions()[: -self.keep]:
             shutil.rmtree(self.path(version), ignore_errors=True)
 
-    def read_meta(self, version: int) -> dict:
-        return self._read(version, "meta.json", json.loads)
+    def read_meta(self, version: int) -> VersionMeta:
+        return self._read(version, "meta.json", VersionMeta.from_json)
 
     def _read(self, version: int, name: str, parse):
         path = self.path(version) / name
@@ -143,11 +147,11 @@ class ModelStore:
         except (OSError, ValueError, RuntimeError) as error:
             raise StoreError(f"{path}: unreadable ({error})") from None
 
-    def read(self, version: int) -> tuple[dict, dict, dict]:
+    def read(self, version: int) -> tuple[VersionMeta, dict, dict]:
         """(meta, model_state, trainer_state) of a version, for resuming training."""
         meta = self.read_meta(version)
         trainer_state = self._read(version, "trainer.json", json.loads)
-        if meta.get("checkpoint", "torch") == "torch":
+        if meta.checkpoint == "torch":
             import io
 
             import torch

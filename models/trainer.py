@@ -40,6 +40,8 @@ from hepstream.models.learner import Group, Learner, Preparation
 from hepstream.models.position import Position
 from hepstream.models.read_ahead import EpochEnd, ReadAhead
 from hepstream.models.store import ModelStore
+from hepstream.models.trainer_status import TrainerStatus
+from hepstream.models.version_meta import VersionMeta
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +127,8 @@ class StreamTrainer:
             return
         meta, model_state, state = self.store.read(latest)
         self.learner.estimator.load_state_dict(model_state)
-        self.learner.load_state_dict(state.get("learner", {"features": meta["feature_state"],
-                                                            "events_seen": meta["events_seen"]}))
+        self.learner.load_state_dict(state.get("learner", {"features": meta.feature_state,
+                                                            "events_seen": meta.events_seen}))
         self.position.restore(state)
         self.version = latest
         log.info("resuming %s from version %d at offsets %s", self.config.model.name, latest, self.offsets)
@@ -144,15 +146,9 @@ class StreamTrainer:
     def counters(self) -> dict[str, int]:
         return self.position.counters
 
-    def status(self) -> dict:
-        return {
-            **self.counters,
-            "version": self.version,
-            "epoch": self.epoch,
-            "offsets": dict(self.offsets),
-            "metrics": self.learner.metrics_summary(),
-            "last_error": self.last_error,
-        }
+    def status(self) -> TrainerStatus:
+        return TrainerStatus(**self.counters, version=self.version, epoch=self.epoch, offsets=dict(self.offsets),
+                             metrics=self.learner.metrics_summary(), last_error=self.last_error)
 
     def _labels(self, chunk: wire.Chunk) -> np.ndarray:
         branch = self.config.dataset.label_branch
@@ -222,24 +218,24 @@ class StreamTrainer:
             self.learner.learn_group(step.group)
             self.position.learned(step.keys, len(step.group.labels))
 
-    def checkpoint_parts(self) -> tuple[dict, dict, dict, str]:
+    def checkpoint_parts(self) -> tuple[dict, VersionMeta, dict, str]:
         """(model_state, meta, trainer_state, checkpoint format) of the state now; see :meth:`checkpoint`."""
         learner = self.learner
         offsets = {str(p): o for p, o in sorted(self.offsets.items())}
-        meta = {
-            "parent": self.version,
-            "events_seen": learner.events_seen,
-            "epoch": self.epoch,
-            "metrics": learner.metrics_summary(),
-            "version_metrics": learner.since_checkpoint.summary(),
-            "features": self.config.features.model_dump(mode="json"),
-            "feature_state": learner.features.state_dict(),
-            "model": self.config.model.model_dump(mode="json"),
-            "training": self.config.training.model_dump(mode="json"),
-            "topic": self.topic,
-            "offsets": offsets,
-            "counters": dict(self.counters),
-        }
+        meta = VersionMeta(
+            parent=self.version,
+            events_seen=learner.events_seen,
+            epoch=self.epoch,
+            metrics=learner.metrics_summary(),
+            version_metrics=learner.since_checkpoint.summary(),
+            features=self.config.features.model_dump(mode="json"),
+            feature_state=learner.features.state_dict(),
+            model=self.config.model.model_dump(mode="json"),
+            training=self.config.training.model_dump(mode="json"),
+            topic=self.topic,
+            offsets=offsets,
+            counters=dict(self.counters),
+        )
         state = {**self.position.snapshot(), "learner": learner.state_dict()}
         return learner.estimator.state_dict(), meta, state, learner.estimator.checkpoint
 

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +42,9 @@ from hepstream.serve.metrics import Metrics, MetricsMiddleware
 from hepstream.serve.scoring import Serving
 from hepstream.serve.watcher import ModelWatcher, pin_path
 
+if TYPE_CHECKING:
+    from hepstream.models.store import ModelStore
+
 VERSION_HEADER = v1.VERSION_HEADER
 
 logger = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ def serve_settings(settings: ServeConfig | None = None, **overrides: Any) -> Ser
     return ServeConfig.model_validate({**settings.model_dump(), **overrides}) if overrides else settings
 
 
-def create_app(store: Any, *, model_name: str, settings: ServeConfig | None = None, replica: str | None = None,
+def create_app(store: ModelStore, *, model_name: str, settings: ServeConfig | None = None, replica: str | None = None,
                **overrides: Any) -> FastAPI:
     """Build the app for one model.
 

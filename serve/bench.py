@@ -76,13 +76,14 @@ def _publish(root: Path, name: str, seed: int) -> int:
     from hepstream.models.features import FeaturePipeline
     from hepstream.models.registry import build_model
     from hepstream.models.store import ModelStore
+    from hepstream.models.version_meta import VersionMeta
 
     features, model = FeaturesConfig(), ModelConfig(name=name)
     pipeline = FeaturePipeline(features)
     torch.manual_seed(seed)
     network = build_model(model, pipeline.n_features)
-    meta = {"parent": None, "events_seen": 0, "metrics": {}, "features": features.model_dump(mode="json"),
-            "feature_state": pipeline.state_dict(), "model": model.model_dump(mode="json")}
+    meta = VersionMeta(features=features.model_dump(mode="json"), feature_state=pipeline.state_dict(),
+                       model=model.model_dump(mode="json"))
     return ModelStore(root, name).publish({"model": network.state_dict()}, meta, {"offsets": {}})
 
 

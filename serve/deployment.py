@@ -31,7 +31,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,11 +42,16 @@ from hepstream.config import ServeConfig
 from hepstream.serve.app import create_app, serve_settings
 from hepstream.serve.scoring import Result, tune_malloc_for_batches
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from hepstream.models.store import LoadedModel, ModelStore
+
 APP_NAME = "hepstream"
 DEFAULT_DIRECT_INGRESS_PORT = 30000  # Serve's own default
 
 
-def open_model_store(root: str, model_name: str) -> Any:
+def open_model_store(root: str, model_name: str) -> ModelStore:
     """Open the model store folder; runs inside the replica."""
     from hepstream.models.store import ModelStore
 
@@ -58,7 +63,7 @@ def open_model_store(root: str, model_name: str) -> Any:
 class HepstreamServer:
     """One replica serving one model; ``settings`` is the ``serve`` section as a dict."""
 
-    def __init__(self, open_store: Callable[[], Any], model_name: str, settings: dict):
+    def __init__(self, open_store: Callable[[], ModelStore], model_name: str, settings: dict):
         import torch
 
         # One intra-op thread: requests are small, and torch's pool of one thread per core otherwise fights
@@ -73,7 +78,7 @@ class HepstreamServer:
         self.score_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.serving = None
 
-    def __serve_build_asgi_app__(self) -> Any:
+    def __serve_build_asgi_app__(self) -> FastAPI:
         replica = serve.get_replica_context().replica_id.unique_id
         app = create_app(self.open_store(), model_name=self.model_name, settings=self.settings, replica=replica)
         self.serving = app.state.serving
@@ -81,7 +86,7 @@ class HepstreamServer:
         return app
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both replaced by the settings in __init__
-    async def score_batch(self, models: list[Any], batches: list[pa.RecordBatch]) -> list[Result | np.ndarray]:
+    async def score_batch(self, models: list[LoadedModel], batches: list[pa.RecordBatch]) -> list[Result | np.ndarray]:
         return await self.serving.score_many_soon(list(zip(models, batches)))
 
 
@@ -153,12 +158,12 @@ def start_serve(store_root: str | Path, model_name: str, settings: ServeConfig |
     return f"http://{settings.host}:{settings.port}"
 
 
-def store_opener(store_root: str | Path, model_name: str) -> Callable[[], Any]:
+def store_opener(store_root: str | Path, model_name: str) -> Callable[[], ModelStore]:
     """What a replica calls to open the model store folder."""
     return functools.partial(open_model_store, str(store_root), model_name)
 
 
-def bind_server(open_store: Callable[[], Any], model_name: str, settings: ServeConfig) -> Application:
+def bind_server(open_store: Callable[[], ModelStore], model_name: str, settings: ServeConfig) -> Application:
     """The deployment with the replicas, autoscaling and concurrency the settings ask for."""
     options: dict[str, Any] = {"max_ongoing_requests": settings.max_ongoing_requests}
     if settings.autoscaling is not None:

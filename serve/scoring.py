@@ -27,7 +27,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,11 +37,14 @@ from hepstream.models.features import FeatureError
 from hepstream.serve.errors import RequestError
 from hepstream.serve.watcher import ModelWatcher
 
+if TYPE_CHECKING:
+    from hepstream.models.store import LoadedModel, ModelStore
+
 logger = logging.getLogger(__name__)
 
 SCORE_ON_LOOP_EVENTS = 256  # a batch of at most this many events is scored on the event loop
 FULL_BATCH_EVENTS = 4096  # a request this big is scored on its own: a few ms of work, nothing left to amortise
-Scorer = Callable[[Any, pa.RecordBatch], Awaitable[np.ndarray]]
+Scorer = Callable[["LoadedModel", pa.RecordBatch], Awaitable[np.ndarray]]
 Result = np.ndarray | Exception  # the scores of one request, or why it has none
 
 
@@ -65,14 +68,14 @@ class Serving:
     for the batch-size metrics.
     """
 
-    def __init__(self, store: Any, model_name: str, watcher: ModelWatcher, pinned_cache_size: int = 4,
+    def __init__(self, store: ModelStore, model_name: str, watcher: ModelWatcher, pinned_cache_size: int = 4,
                  observe_batch: Callable[[int, int], None] = lambda requests, events: None):
         self.store = store
         self.model_name = model_name
         self.watcher = watcher
         self.observe_batch = observe_batch
         self.scorer: Scorer = self._score_alone
-        self._pinned: OrderedDict[int, Any] = OrderedDict()
+        self._pinned: OrderedDict[int, LoadedModel] = OrderedDict()
         self._pinned_size = pinned_cache_size
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
@@ -97,7 +100,7 @@ class Serving:
         if name != self.model_name:
             raise RequestError(404, f"no model named {name!r}; this server serves {self.model_name!r}", field)
 
-    def current(self, name: str, field: str = "name") -> Any:
+    def current(self, name: str, field: str = "name") -> LoadedModel:
         """The version answering requests that pin none: read once, so one request sees one version."""
         self.check_name(name, field)
         model = self.watcher.current
@@ -106,7 +109,7 @@ class Serving:
                                     f"{self.watcher.last_error or 'none published so far'}", headers={"Retry-After": "1"})
         return model
 
-    async def model(self, name: str, version: int | None = None, field: str = "name") -> Any:
+    async def model(self, name: str, version: int | None = None, field: str = "name") -> LoadedModel:
         """The version a request asked for: the current one, or the one it pins (loaded on first use)."""
         if version is None:
             return self.current(name, field)
@@ -120,7 +123,7 @@ class Serving:
                 return self._pinned[version]
         return await self.in_worker(self._load_pinned, version)
 
-    def _load_pinned(self, version: int) -> Any:
+    def _load_pinned(self, version: int) -> LoadedModel:
         versions = self.store.versions()
         if version not in versions:
             raise RequestError(404, f"model {self.model_name!r} has no version {version}; "
@@ -143,7 +146,7 @@ class Serving:
                     self._pinned.popitem(last=False)
             return model
 
-    async def score(self, model: Any, batch: pa.RecordBatch) -> np.ndarray:
+    async def score(self, model: LoadedModel, batch: pa.RecordBatch) -> np.ndarray:
         """Scores of a checked batch, one per event; a 422 naming the field when the model refuses an event."""
         if batch.num_rows == 0:
             return np.empty(0, dtype=np.float32)  # no events, no question for the model
@@ -155,10 +158,10 @@ class Serving:
             raise result
         return result
 
-    async def _score_alone(self, model: Any, batch: pa.RecordBatch) -> Result:
+    async def _score_alone(self, model: LoadedModel, batch: pa.RecordBatch) -> Result:
         return (await self.score_many_soon([(model, batch)]))[0]
 
-    async def score_many_soon(self, jobs: Sequence[tuple[Any, pa.RecordBatch]]) -> list[Result]:
+    async def score_many_soon(self, jobs: Sequence[tuple[LoadedModel, pa.RecordBatch]]) -> list[Result]:
         """:meth:`score_many`: at once for at most ``SCORE_ON_LOOP_EVENTS`` events, else in a worker thread.
 
         A few events score in about a millisecond, less than handing them to a
@@ -175,7 +178,7 @@ class Serving:
             return self.score_many(jobs)
         return await self.in_worker(self.score_many, jobs)
 
-    def score_many(self, jobs: Sequence[tuple[Any, pa.RecordBatch]]) -> list[Result]:
+    def score_many(self, jobs: Sequence[tuple[LoadedModel, pa.RecordBatch]]) -> list[Result]:
         """Score several requests with one model call per version; one result per job, in order.
 
         A combined batch that the features refuse is scored again request by
@@ -201,13 +204,13 @@ class Serving:
                 results[i] = _checked(model, part)
         return results
 
-    def _score_one(self, model: Any, batch: pa.RecordBatch) -> Result:
+    def _score_one(self, model: LoadedModel, batch: pa.RecordBatch) -> Result:
         try:
             return _checked(model, self._predict(model, batch, 1))
         except FeatureError as error:  # values the features refuse, e.g. 1e300 GeV overflowing float32
             return RequestError(422, str(error), error.branch)
 
-    def _predict(self, model: Any, batch: pa.RecordBatch, requests: int) -> np.ndarray:
+    def _predict(self, model: LoadedModel, batch: pa.RecordBatch, requests: int) -> np.ndarray:
         self.observe_batch(requests, batch.num_rows)
         scores = np.asarray(model.predict(batch))
         # (events,) for a binary model; (events, classes) of probabilities for a multi-class one.
@@ -217,7 +220,7 @@ class Serving:
         return scores
 
 
-def _checked(model: Any, scores: np.ndarray) -> Result:
+def _checked(model: LoadedModel, scores: np.ndarray) -> Result:
     """The scores, or a 422 naming the first event the model gives no finite score for."""
     bad = np.flatnonzero(~np.isfinite(scores.reshape(len(scores), -1)).all(axis=1))
     if not bad.size:

@@ -17,19 +17,20 @@ among them.
 from __future__ import annotations
 
 import json
-from typing import Any
 
+import pyarrow as pa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from hepstream.serve.datatypes import FEATURE_NUMBER
+from hepstream.models.features import BranchSpec
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import batch_of
 from hepstream.serve.scoring import Serving
 from hepstream.serve.v1 import version_headers
 
 
-def request_schemas(inputs: list[Any] | None) -> dict[str, dict]:
+def request_schemas(inputs: list[BranchSpec] | None) -> dict[str, dict]:
     """OpenAPI schema of a TFaaS row; with the model's inputs, its keys are exactly the branches it reads."""
     keys: dict = {"type": "array", "items": {"type": "string"}}
     values: dict = {"type": "array", "items": {"anyOf": [FEATURE_NUMBER, {"type": "array", "items": FEATURE_NUMBER}]}}
@@ -77,7 +78,7 @@ def _row(body: bytes) -> dict:
     return document
 
 
-def _batch(document: dict, inputs: list[Any]):
+def _batch(document: dict, inputs: list[BranchSpec]) -> pa.RecordBatch:
     keys, values = document["keys"], document["values"]
     if len(keys) != len(values):
         raise RequestError(422, f"{len(keys)} keys but {len(values)} values", "values")

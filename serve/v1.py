@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from hepstream.models.features import BranchSpec
 from hepstream.serve.arrow_io import ARROW_STREAM, parse_arrow, scores_body
 from hepstream.serve.datatypes import FEATURE_NUMBER
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import parse_events
 from hepstream.serve.scoring import Serving
 from hepstream.serve.watcher import pin_path, write_pin
+
+if TYPE_CHECKING:
+    from hepstream.models.store import LoadedModel
 
 VERSION_HEADER = "X-Model-Version"
 # Bodies up to this size are parsed on the event loop: a hop to a worker thread costs more than parsing a
@@ -35,7 +40,7 @@ _NUMBER = FEATURE_NUMBER
 _NUMBERS = {"type": "array", "items": _NUMBER}
 
 
-def request_schemas(inputs: list[Any] | None) -> dict[str, dict]:
+def request_schemas(inputs: list[BranchSpec] | None) -> dict[str, dict]:
     """OpenAPI schemas of the request bodies; with the model's inputs, they name every branch it reads."""
     if inputs is None:
         event: dict = {"type": "object", "additionalProperties": {"anyOf": [_NUMBER, _NUMBERS]}}
@@ -63,7 +68,7 @@ _PIN_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/Pin"}}}}}
 
 
-def version_headers(model: Any) -> dict[str, str]:
+def version_headers(model: LoadedModel) -> dict[str, str]:
     return {VERSION_HEADER: str(model.version)}
 
 
@@ -105,14 +110,13 @@ def v1_router(serving: Serving, max_events: int) -> APIRouter:
     @router.get("/models/{name}")
     def describe_model(name: str) -> JSONResponse:  # lists the store's folder: blocking, so a threadpool def
         model = serving.current(name)
-        meta = model.meta
         return JSONResponse({
             "name": name,
             "version": model.version,
             "versions": list(store.versions()),
             "pinned": serving.watcher.pinned,
-            "events_trained": meta.get("events_seen"),
-            "metrics": _finite_or_null(meta.get("metrics")),
+            "events_trained": model.meta.events_seen,
+            "metrics": _finite_or_null(model.meta.metrics),
             "inputs": [{"name": branch.name, "jagged": branch.jagged,
                         "type": "list<float64>" if branch.jagged else "float64"} for branch in model.inputs],
         }, headers=version_headers(model))
@@ -161,7 +165,7 @@ def _pin_request(body: bytes) -> int:
     return version
 
 
-def _writable(pin_file: Any) -> Any:
+def _writable(pin_file: Path | None) -> Path:
     if pin_file is None:
         raise RequestError(501, "this model store has no folder to keep a pin in")
     return pin_file

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,16 +37,20 @@ from fastapi.responses import JSONResponse, Response
 
 from hepstream import __version__
 from hepstream.serve.datatypes import DATATYPES, FieldAt, check_features
+from hepstream.models.features import BranchSpec
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import check_count, input_schema
 from hepstream.serve.scoring import Serving
 from hepstream.serve.v1 import version_headers
 
+if TYPE_CHECKING:
+    from hepstream.models.store import LoadedModel
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OUTPUT = "score"
 
 
-def request_schemas(inputs: list[Any] | None) -> dict[str, dict]:
+def request_schemas(inputs: list[BranchSpec] | None) -> dict[str, dict]:
     """OpenAPI schema of an inference request; with the model's inputs, its tensor names are theirs."""
     name = {"type": "string"} if inputs is None else {"type": "string", "enum": [b.name for b in inputs]}
     tensor = {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
@@ -73,7 +77,7 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {
 def v2_router(serving: Serving, max_events: int) -> APIRouter:
     router = APIRouter(prefix="/v2")
 
-    def metadata(model: Any, name: str) -> dict:
+    def metadata(model: LoadedModel, name: str) -> dict:
         return {"name": name, "versions": [str(model.version)], "platform": "hepstream",
                 "inputs": [{"name": b.name, "datatype": "FP64", "shape": [-1, -1] if b.jagged else [-1]}
                            for b in model.inputs],
@@ -160,7 +164,7 @@ def _binary_output(document: dict) -> bool:
     return any(wanted) or (isinstance(parameters, dict) and parameters.get("binary_data_output") is True)
 
 
-def _tensors_to_batch(document: dict, binary: bytes, inputs: list[Any], max_events: int) -> pa.RecordBatch:
+def _tensors_to_batch(document: dict, binary: bytes, inputs: list[BranchSpec], max_events: int) -> pa.RecordBatch:
     tensors = {}
     offset = 0
     for index, tensor in enumerate(document["inputs"]):

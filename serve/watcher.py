@@ -32,7 +32,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from hepstream.models.store import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +61,10 @@ class Store(Protocol):
 
     def latest(self) -> int | None: ...
 
-    def load(self, version: int) -> Any: ...
+    def load(self, version: int) -> LoadedModel: ...
 
 
-def pin_path(store: Any) -> Path | None:
+def pin_path(store: Store) -> Path | None:
     """Where the operator's pin of a store's model lives: ``<root>/<model>.pinned.json``, beside its folder.
 
     Beside, not inside: the model's folder belongs to the store, which owns
@@ -128,13 +131,13 @@ class ModelWatcher:
         self.swaps = 0
         self.failures = 0
         self.last_error: str | None = None
-        self._current: Any = None
+        self._current: LoadedModel | None = None
         self._failure: _Failure | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
-    def current(self) -> Any:
+    def current(self) -> LoadedModel | None:
         """The model to answer with, or ``None`` before the first version has loaded.
 
         Read it once per request and keep the reference: a later read may
@@ -191,9 +194,9 @@ class ModelWatcher:
                     " (pinned)" if self.pinned is not None else "", current.version if current is not None else "none", (time.perf_counter() - started) * 1e3)
         return True
 
-    def _hold_until_due(self, model: Any) -> None:
+    def _hold_until_due(self, model: LoadedModel) -> None:
         """Wait until ``swap_delay_s`` after the version's publication, when every replica swaps to it."""
-        created = getattr(model, "meta", {}).get("created")
+        created = model.meta.created
         if created is None or not self.swap_delay_s:
             return
         wait = min(float(created) + self.swap_delay_s - time.time(), self.swap_delay_s)

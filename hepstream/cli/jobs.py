@@ -120,7 +120,7 @@ def run_train(args) -> int:
             import ray
 
             ray.shutdown()
-    print(json.dumps(trainer.status(), indent=1, default=str))
+    print(json.dumps(trainer.status().as_dict(), indent=1, default=str))
     return 0
 
 

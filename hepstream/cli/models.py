@@ -46,13 +46,12 @@ def run(args) -> int:
         rows = []
         for version in store.versions():
             meta = store.read_meta(version)
-            metrics = meta.get("metrics", {})
-            rows.append({"version": version, "parent": meta.get("parent"), "created": meta.get("created"),
-                         "kind": meta["model"].get("kind"), "events_seen": meta.get("events_seen"),
-                         "auc": metrics.get("auc"), "log_loss": metrics.get("log_loss")})
+            rows.append({"version": version, "parent": meta.parent, "created": meta.created,
+                         "kind": meta.model.get("kind"), "events_seen": meta.events_seen,
+                         "auc": meta.metrics.get("auc"), "log_loss": meta.metrics.get("log_loss")})
         print(json.dumps({"model": store.model, "store": str(store.root), "versions": rows}, indent=1))
     elif args.action == "show":
-        print(json.dumps(store.read_meta(_version(store, args)), indent=1))
+        print(store.read_meta(_version(store, args)).to_json())
     else:
         from hepstream.models.export import export
 

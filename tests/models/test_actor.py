@@ -36,4 +36,4 @@ def test_torch_and_river_models_train_through_the_same_actor(ray_session, broker
         assert final["duplicate_chunks"] == final["bad_messages"] == 0 and final["failure"] is None
         assert final["metrics"]["events"] == 3000  # every event scored before it was learned
         store = ModelStore(config.store.path, config.model.name)
-        assert store.read_meta(final["version"])["checkpoint"] == ("torch" if config.model.kind == "mlp" else "json")
+        assert store.read_meta(final["version"]).checkpoint == ("torch" if config.model.kind == "mlp" else "json")

@@ -18,6 +18,7 @@ from hepstream.models.features import FeaturePipeline
 from hepstream.models.metrics import PrequentialMetrics
 from hepstream.models.registry import build_estimator
 from hepstream.models.store import ModelStore
+from hepstream.models.version_meta import VersionMeta
 from tests.helpers import labelled_pair, pipeline_config, produce, read_topic
 
 
@@ -136,12 +137,12 @@ def _running(pid: int) -> bool:
     return "Z" not in state.split()[1]
 
 
-def _lineage(store: ModelStore) -> list[dict]:
+def _lineage(store: ModelStore) -> list[VersionMeta]:
     """The kept versions' metadata, after checking they form one chain, each version the parent of the next."""
     versions = store.versions()
     metas = [store.read_meta(v) for v in versions]
     assert versions == list(range(versions[0], versions[-1] + 1))
-    assert [m["parent"] for m in metas] == [v - 1 or None for v in versions]
+    assert [m.parent for m in metas] == [v - 1 or None for v in versions]
     return metas
 
 
@@ -176,7 +177,7 @@ def test_two_workers_write_one_lineage_that_a_killed_run_resumes_exactly_once(ra
     # Ray reports the actor dead before its process has exited, and a version it was writing may still land.
     while _running(coordinator) and time.monotonic() < deadline:
         time.sleep(0.05)
-    learned_before = store.read_meta(store.latest())["counters"]["events_trained"]
+    learned_before = store.read_meta(store.latest()).counters["events_trained"]
     records = read_topic(broker.bootstrap, config.dataset.topic)
     producer = new_producer(broker.bootstrap, config.kafka)
     for r in records[:2]:  # a producer re-sending chunks after a crash: duplicates, skipped and counted
@@ -194,9 +195,9 @@ def test_two_workers_write_one_lineage_that_a_killed_run_resumes_exactly_once(ra
     assert sum(w["events_trained"] for w in final["workers"]) == total - learned_before
 
     metas = _lineage(store)
-    assert metas[-1]["version"] == final["version"]
-    assert metas[-1]["counters"]["events_trained"] == metas[-1]["events_seen"] == total
-    assert [m["events_seen"] for m in metas] == sorted(m["events_seen"] for m in metas)
-    assert [w["partitions"] for w in metas[-1]["workers"]] == [[0], [1]]
+    assert metas[-1].version == final["version"]
+    assert metas[-1].counters["events_trained"] == metas[-1].events_seen == total
+    assert [m.events_seen for m in metas] == sorted(m.events_seen for m in metas)
+    assert [w["partitions"] for w in metas[-1].workers] == [[0], [1]]
     per_partition = collections.Counter(str(r.partition) for r in read_topic(broker.bootstrap, config.dataset.topic))
-    assert metas[-1]["offsets"] == dict(sorted(per_partition.items()))  # every message of both partitions
+    assert metas[-1].offsets == dict(sorted(per_partition.items()))  # every message of both partitions

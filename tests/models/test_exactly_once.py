@@ -114,7 +114,7 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             latest = store.latest()
-            counters = store.read(latest)[0]["counters"] if latest else {}
+            counters = store.read(latest)[0].counters if latest else {}
             if counters.get("events_trained", 0) >= produced and counters.get("duplicate_chunks", 0) >= len(resent):
                 break
             assert process.poll() is None, process.communicate()
@@ -125,9 +125,9 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
     assert process.returncode == 0, err
     final = json.loads(out)
     meta = store.read(store.latest())[0]
-    assert final["events_trained"] == meta["counters"]["events_trained"] == produced == 6000
-    assert meta["events_seen"] == produced
+    assert final["events_trained"] == meta.counters["events_trained"] == produced == 6000
+    assert meta.events_seen == produced
     assert final["chunks"] == len(messages)
     assert final["duplicate_chunks"] == len(resent)
     assert final["bad_messages"] == 0
-    assert sum(meta["offsets"].values()) == len(messages) + len(resent)
+    assert sum(meta.offsets.values()) == len(messages) + len(resent)

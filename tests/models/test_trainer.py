@@ -59,15 +59,15 @@ def test_learns_every_event_once_and_survives_poison(broker, unique_topic, label
     trainer = StreamTrainer(config, broker.bootstrap)
     _train_until(trainer, lambda t: t.counters["bad_messages"] == 2 and t.counters["events_trained"] >= report.events)
     status = trainer.status()
-    assert status["events_trained"] == report.events == 12000
-    assert status["duplicate_chunks"] == 0
-    assert "format_version" in status["last_error"] or "message key" in status["last_error"]
+    assert status.events_trained == report.events == 12000
+    assert status.duplicate_chunks == 0
+    assert "format_version" in status.last_error or "message key" in status.last_error
 
     store = ModelStore(tmp_path / "store", "m")
     model = store.load(store.latest())
-    assert model.meta["events_seen"] == 12000
-    assert model.meta["counters"]["bad_messages"] == 2
-    assert sum(model.meta["offsets"].values()) == sum(status["offsets"].values())
+    assert model.meta.events_seen == 12000
+    assert model.meta.counters["bad_messages"] == 2
+    assert sum(model.meta.offsets.values()) == sum(status.offsets.values())
 
     holdout = [(generate_file(tmp_path / f"h{label}.root", kind, 2000, seed=40 + label), label)
                for kind, label in (("signal", 1), ("background", 0))]
@@ -94,12 +94,12 @@ def test_restart_resumes_from_checkpoint_and_skips_resent_chunks(broker, unique_
     assert second.version == version and second.counters["events_trained"] == 6000
     _train_until(second, lambda t: t.counters["duplicate_chunks"] >= first.counters["chunks"])
     status = second.status()
-    assert status["events_trained"] == 6000  # nothing learned twice
-    assert status["duplicate_chunks"] == first.counters["chunks"]
+    assert status.events_trained == 6000  # nothing learned twice
+    assert status.duplicate_chunks == first.counters["chunks"]
     assert again.events == 6000
     store = ModelStore(tmp_path / "store", "m")
     assert store.latest() > version
-    assert store.read(store.latest())[0]["parent"] == store.versions()[-2]
+    assert store.read(store.latest())[0].parent == store.versions()[-2]
 
 
 def test_poison_messages_go_to_the_dead_letter_topic_with_a_reason(broker, unique_topic, tmp_path):

@@ -26,6 +26,7 @@ from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig
 from hepstream.models.features import BranchSpec, FeatureError, FeaturePipeline
 from hepstream.models.registry import build_model
 from hepstream.models.store import ModelStore
+from hepstream.models.version_meta import VersionMeta
 
 INPUTS = [BranchSpec("MET_pt", False), BranchSpec("Muon_pt", True)]
 
@@ -43,9 +44,10 @@ class StandinModel:
         self.version = version
         self.spec = spec
         self.inputs = INPUTS
-        self.meta = {"events_seen": 1000 * version, "parent": version - 1 or None,
-                     "created": spec.get("created", 1.7e9 + version),
-                     "metrics": {"loss": 0.5 / version, "auc": float("nan") if version == 1 else 0.8}}
+        self.meta = VersionMeta(name=name, version=version, events_seen=1000 * version, parent=version - 1 or None,
+                                created=spec.get("created", 1.7e9 + version),
+                                metrics={"loss": 0.5 / version, "auc": float("nan") if version == 1 else 0.8},
+                                features={}, feature_state={}, model={})
 
     def predict(self, batch: pa.RecordBatch) -> np.ndarray:
         for name in self.spec.get("needs", []):
@@ -107,9 +109,8 @@ def publish_real_version(root: str | Path, model: str, seed: int, classes: int =
     pipeline = FeaturePipeline(features)
     torch.manual_seed(seed)
     network = build_model(network_config, pipeline.n_features)
-    meta = {"parent": None, "events_seen": 100 * seed, "metrics": {"auc": 0.5},
-            "features": features.model_dump(mode="json"), "feature_state": pipeline.state_dict(),
-            "model": network_config.model_dump(mode="json")}
+    meta = VersionMeta(events_seen=100 * seed, metrics={"auc": 0.5}, features=features.model_dump(mode="json"),
+                       feature_state=pipeline.state_dict(), model=network_config.model_dump(mode="json"))
     return ModelStore(root, model).publish({"model": network.state_dict()}, meta, {"offsets": {}})
 
 

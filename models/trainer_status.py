@@ -1,0 +1,35 @@
+"""Where a trainer stands: the record both trainers' ``status()`` return and their callers read.
+
+A single :class:`~hepstream.models.trainer.StreamTrainer` and a data-parallel
+coordinator answer with the same record, so the actor, the CLI and the
+Prometheus collector drive either one. :meth:`TrainerStatus.as_dict` is the
+JSON they print or send over Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainerStatus:
+    events_trained: int
+    chunks: int
+    duplicate_chunks: int
+    bad_messages: int
+    dead_letters: int
+    version: int | None  # the newest version this trainer published or resumed from
+    epoch: int
+    offsets: dict[int, int]  # the next offset to read, per partition
+    metrics: dict[str, Any]  # prequential metrics (PrequentialMetrics.summary, drift included)
+    last_error: str | None  # the latest refused message and why
+    workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions and counters
+
+    def as_dict(self) -> dict[str, Any]:
+        """The status as JSON-ready values; ``workers`` only for a data-parallel run."""
+        status = dataclasses.asdict(self)
+        if self.workers is None:
+            del status["workers"]
+        return status
