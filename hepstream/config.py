@@ -11,10 +11,11 @@ from __future__ import annotations
 import datetime
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import yaml
 from hepstream.expressions import Expression
+from hepstream.model_kinds import MODEL_KINDS, MLPConfig, ModelConfig
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -177,25 +178,6 @@ class FeaturesConfig(_Section):
         return names
 
 
-class ModelConfig(_Section):
-    name: str = Field(default="demo", pattern=r"^[A-Za-z0-9._-]+$")
-    kind: Literal["mlp", "deepsets", "logistic", "hoeffding_tree", "arf", "user"] = "mlp"
-    classes: int = Field(default=2, ge=2, description="Number of classes; labels are 0 .. classes-1")
-    hidden: list[int] = Field(default_factory=lambda: [64, 64])
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    set_hidden: list[int] = Field(default_factory=lambda: [32, 32], description="Per-object network of deepsets")
-    factory: str | None = Field(default=None, description="package.module:function building a user model")
-    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the river or user model")
-
-    @model_validator(mode="after")
-    def _user_needs_factory(self) -> ModelConfig:
-        if (self.kind == "user") != (self.factory is not None):
-            raise ValueError("model.factory is required for kind 'user' and only allowed there")
-        if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
-            raise ValueError(f"model.factory {self.factory!r} is not 'package.module:function'")
-        return self
-
-
 class TrainingConfig(_Section):
     batch_size: int = Field(default=512, ge=1)
     learning_rate: float = Field(default=2e-3, gt=0)
@@ -301,7 +283,7 @@ class Config(_Section):
     kafka: KafkaConfig = KafkaConfig()
     producer: ProducerConfig = ProducerConfig()
     features: FeaturesConfig = FeaturesConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = MLPConfig()
     training: TrainingConfig = TrainingConfig()
     store: StoreConfig = StoreConfig()
     serve: ServeConfig = ServeConfig()
@@ -319,9 +301,9 @@ class Config(_Section):
     def _workers_can_average(self) -> Config:
         if self.training.workers == 1:
             return self
-        if self.model.kind in ("logistic", "hoeffding_tree", "arf"):
-            raise ValueError(f"training.workers is {self.training.workers}, but a River model "
-                             f"({self.model.kind!r}) has no parameters to average: set training.workers: 1")
+        if not MODEL_KINDS[self.model.kind].averageable:
+            raise ValueError(f"training.workers is {self.training.workers}, but a {self.model.kind!r} model "
+                             "has no parameters to average: set training.workers: 1")
         if self.training.epochs > 1:
             raise ValueError(f"training.workers > 1 follows the live stream only: set training.epochs: 1 "
                              f"(got {self.training.epochs})")

@@ -98,3 +98,38 @@ def test_expressions_are_checked_when_the_file_is_read():
     assert "dataset.define: Value error, expression \"exec('1')\": unknown function 'exec'" in message
     assert "dataset.cuts: Value error, expression \"MET_pt >\": not valid syntax" in message
     assert "features.derived.0.expr:" in message and "Attribute" in message
+
+
+def test_model_kinds_take_their_own_keys_and_mlp_is_the_default():
+    assert config_from_dict({"model": {"hidden": [8]}}).model.kind == "mlp"
+    deepsets = config_from_dict({"model": {"kind": "deepsets", "set_hidden": [4], "hidden": [8]}}).model
+    assert (deepsets.set_hidden, deepsets.hidden) == ([4], [8])
+    assert config_from_dict({"model": {"kind": "arf", "options": {"n_models": 3}}}).model.options == {"n_models": 3}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"model": {"kind": "logistic", "hidden": [8], "classes": 1}})
+    message = str(caught.value)
+    assert "model.hidden: unknown key" in message and "model.classes:" in message
+    with pytest.raises(ConfigError, match="model.kind: Input should be 'mlp', 'deepsets'"):
+        config_from_dict({"model": {"kind": "transformer"}})
+    with pytest.raises(ConfigError, match="model.factory: Field required"):
+        config_from_dict({"model": {"kind": "user"}})
+    with pytest.raises(ConfigError, match="model.factory: .*'nodots' is not 'package.module:function'"):
+        config_from_dict({"model": {"kind": "user", "factory": "nodots"}})
+
+
+def test_every_registered_kind_names_a_builder_path_and_its_own_section():
+    from hepstream.model_kinds import MODEL_KINDS, ModelKind, MLPConfig
+
+    for kind in MODEL_KINDS.values():
+        assert kind.builder.count(":") == 1, kind
+    with pytest.raises(ValueError, match="MLPConfig.kind does not allow it"):
+        ModelKind("deepsets", MLPConfig, "x:y")
+
+
+def test_stored_model_sections_of_older_versions_still_read():
+    from hepstream.model_kinds import stored_model_config
+
+    old = {"name": "m", "kind": "logistic", "classes": 2, "hidden": [64, 64], "dropout": 0.0,
+           "set_hidden": [32, 32], "factory": None, "options": {"l2": 0.1}}
+    assert stored_model_config(old).model_dump() == {"name": "m", "classes": 2, "kind": "logistic",
+                                                     "options": {"l2": 0.1}}

@@ -1,4 +1,4 @@
-"""The contract every model kind meets (river's habit): register a kind in KINDS and it is tested here.
+"""The contract every model kind meets (river's habit): register a kind in MODEL_KINDS and it is tested here.
 
 Input left unchanged, state round-trips through the store to the server's
 LoadedModel, seeded runs reproduce, the model learns, several classes and
@@ -9,23 +9,25 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig, TrainingConfig
+from hepstream.config import FeaturesConfig, JaggedFeature, TrainingConfig
+from hepstream.model_kinds import MODEL_KINDS, model_config
 from hepstream.models.learner import Learner
 from hepstream.models.metrics import multiclass_auc
-from hepstream.models.registry import KINDS
 from hepstream.models.store import ModelStore
 
 FEATURES = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt", "Muon_eta"], length=3,
                                                                    sort_by="Muon_pt")], weight="w")
 FACTORIES = {"user": "tests.models.user_models:linear", "user-json": "tests.models.user_models:centroid"}
-CASES = [k for k in KINDS if k != "user"] + list(FACTORIES)
+CASES = [k for k in MODEL_KINDS if k != "user"] + list(FACTORIES)
+# Smaller or quicker than the defaults; a kind not named here is tested with its defaults.
+SMALL = {"mlp": {"hidden": [16]}, "deepsets": {"hidden": [16], "set_hidden": [8]},
+         "hoeffding_tree": {"options": {"grace_period": 50}}, "arf": {"options": {"n_models": 3}}}
 
 
 def _model(case, classes=2):
-    kind = "user" if case.startswith("user") else case
-    options = {"grace_period": 50} if case == "hoeffding_tree" else {"n_models": 3} if case == "arf" else {}
-    return ModelConfig(name="c", kind=kind, classes=classes, hidden=[16], set_hidden=[8],
-                       factory=FACTORIES.get(case), options=options)
+    if case in FACTORIES:
+        return model_config({"name": "c", "kind": "user", "classes": classes, "factory": FACTORIES[case]})
+    return model_config({"name": "c", "kind": case, "classes": classes, **SMALL.get(case, {})})
 
 
 def _batch(rng, n, classes=2):

@@ -22,7 +22,8 @@ import pytest
 import torch
 import uvicorn
 
-from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig
+from hepstream.config import FeaturesConfig, JaggedFeature
+from hepstream.model_kinds import MLPConfig
 from hepstream.models.features import BranchSpec, FeatureError, FeaturePipeline
 from hepstream.models.registry import build_model
 from hepstream.models.store import ModelStore
@@ -103,7 +104,7 @@ class StandinStore:
 def publish_real_version(root: str | Path, model: str, seed: int, classes: int = 2) -> int:
     """Publish an untrained MLP over MET_pt and two muons as hepstream.models' trainer would; its version."""
     features = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt"], length=2)])
-    network_config = ModelConfig(name=model, hidden=[8], classes=classes)
+    network_config = MLPConfig(name=model, hidden=[8], classes=classes)
     pipeline = FeaturePipeline(features)
     torch.manual_seed(seed)
     network = build_model(network_config, pipeline.n_features)
