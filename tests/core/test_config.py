@@ -9,7 +9,7 @@ def test_empty_file_gives_one_machine_defaults(tmp_path):
     config = load_config(path)
     assert config == Config()
     assert config.kafka.bootstrap is None
-    assert config.serve.host == "127.0.0.1"
+    assert config.serve.http.host == "127.0.0.1"
     assert config.dataset.topic == "demo.events"
 
 
@@ -133,3 +133,23 @@ def test_stored_model_sections_of_older_versions_still_read():
            "set_hidden": [32, 32], "factory": None, "options": {"l2": 0.1}}
     assert stored_model_config(old).model_dump() == {"name": "m", "classes": 2, "kind": "logistic",
                                                      "options": {"l2": 0.1}}
+
+
+def test_flat_serve_keys_of_older_files_move_to_their_sections_with_a_warning():
+    with pytest.warns(FutureWarning) as caught:
+        serve = config_from_dict({"serve": {"port": 8100, "haproxy": True, "max_batch_size": 4,
+                                            "http": {"host": "0.0.0.0"}}}).serve
+    assert sorted(str(w.message) for w in caught) == ["serve.haproxy is deprecated: write serve.ray.haproxy",
+                                                      "serve.max_batch_size is deprecated: write serve.batching.max_size",
+                                                      "serve.port is deprecated: write serve.http.port"]
+    assert (serve.http.host, serve.http.port, serve.ray.haproxy, serve.batching.max_size) == ("0.0.0.0", 8100, True, 4)
+    with pytest.raises(ConfigError, match="serve.port and serve.http.port are the same setting"):
+        config_from_dict({"serve": {"port": 8100, "http": {"port": 8200}}})
+
+
+def test_serve_sections_report_problems_by_their_dotted_keys():
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"serve": {"http": {"port": -1}, "scaling": {"autoscaling": {"min_replicas": 5,
+                                                                                      "max_replicas": 2}}}})
+    message = str(caught.value)
+    assert "serve.http.port:" in message and "serve.scaling.autoscaling:" in message

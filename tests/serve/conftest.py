@@ -22,7 +22,7 @@ import pytest
 import torch
 import uvicorn
 
-from hepstream.config import FeaturesConfig, JaggedFeature
+from hepstream.config import FeaturesConfig, JaggedFeature, ServeConfig
 from hepstream.model_kinds import MLPConfig
 from hepstream.models.features import BranchSpec, FeatureError, FeaturePipeline
 from hepstream.models.registry import build_model
@@ -114,6 +114,11 @@ def publish_real_version(root: str | Path, model: str, seed: int, classes: int =
     return ModelStore(root, model).publish({"model": network.state_dict()}, meta, {"offsets": {}})
 
 
+def quick_settings(**sections) -> ServeConfig:
+    """Serve settings whose replicas look for new versions every 20 ms; ``sections`` as in the YAML file."""
+    return ServeConfig.model_validate({**sections, "versions": {"poll_interval_s": 0.02, **sections.get("versions", {})}})
+
+
 def wait_for(condition, timeout_s: float = 10.0, what: str = "condition"):
     """Poll ``condition`` until it returns something truthy; fail the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -154,13 +159,13 @@ def store(tmp_path) -> StandinStore:
 
 @pytest.fixture
 def serve_standin(store):
-    """``serve_standin(**serve_keys)``: the app over the stand-in store on uvicorn, stopped after the test."""
+    """``serve_standin(replica, **serve_sections)``: the app over the stand-in store on uvicorn, stopped after the test."""
     from hepstream.serve.app import create_app
 
     started = []
 
-    def start(**overrides) -> ServedApp:
-        app = create_app(store, model_name="demo", **{"poll_interval_s": 0.02, **overrides})
+    def start(replica: str | None = None, **sections) -> ServedApp:
+        app = create_app(store, model_name="demo", settings=quick_settings(**sections), replica=replica)
         served = ServedApp(app).__enter__()
         served.app = app
         started.append(served)
