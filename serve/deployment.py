@@ -6,8 +6,8 @@ stall a replica while it reloads. Instead each replica runs the app's
 the old one; Serve only starts replicas, scales them and routes HTTP to them.
 
 Batching: concurrent requests to one replica are gathered by ``@serve.batch``
-(``serve.batching.max_size``, ``serve.batching.wait_timeout_s``) and scored with one
-model call per version; each request is parsed and checked on its own first,
+(``serve.batching.max_size``, ``serve.batching.wait_timeout_s``) and scored
+with one model call per version; each request is parsed and checked on its own first,
 so a bad request never fails its neighbours. By default a batch is what has
 queued up while the replica was busy, with no wait for more: under load
 batches form anyway (single-event requests at concurrency 8: 2.4 requests per
@@ -98,20 +98,21 @@ class HepstreamServer:
 def ray_environment(settings: ServeConfig) -> dict[str, str]:
     """The environment Ray must start with for these settings: Serve reads its ingress flags only then.
 
-    These are the ``serve.ray`` keys. With ``direct_ingress_port`` every replica also serves the app on a port of
-    its own, from that port up, beside the proxy's; the range leaves room for
-    replicas being replaced during a redeploy. Such a replica then runs our
-    code and its router on its main event loop instead of one thread and loop
-    each: direct-ingress requests no longer hop between threads (bench serve,
-    concurrency 8, two runs each on 2 cores: 241 and 283 requests/s with
-    p99 61 and 91 ms before; 416 and 357 with p99 31 and 44 ms after).
+    These are the ``serve.ray`` keys. With ``direct_ingress_port`` every
+    replica also serves the app on a port of its own, from that port up, beside
+    the proxy's; the range leaves room for replicas being replaced during a
+    redeploy. Such a replica then runs our code and its router on its main
+    event loop instead of one thread and loop each: direct-ingress requests no
+    longer hop between threads (bench serve, concurrency 8, two runs each on 2
+    cores: 241 and 283 requests/s with p99 61 and 91 ms before; 416 and 357
+    with p99 31 and 44 ms after).
 
     With ``haproxy``, Serve's HAProxy answers on ``serve.http`` in place of its
     Python proxy and forwards to those replica ports, which it needs, so they
     start from 30000 when ``direct_ingress_port`` is unset. HAProxy runs
-    through ``hepstream-haproxy`` (:mod:`hepstream.serve.haproxy`), so that
-    all its ports stay on ``serve.http.host``. Serve's proxy had set the pace: 91-105
-    requests/s at concurrency 8 with p99 109-121 ms, against 405-432 and
+    through ``hepstream-haproxy`` (:mod:`hepstream.serve.haproxy`), so that all
+    its ports stay on ``serve.http.host``. Serve's proxy had set the pace:
+    91-105 requests/s at concurrency 8 with p99 109-121 ms, against 405-432 and
     32-36 ms through HAProxy (bench serve, three runs on 2 cores).
 
     Unless ``metrics`` is set, Ray's own metrics are off
