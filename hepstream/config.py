@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime
 import re
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from hepstream.expressions import Expression
+from hepstream.model_kinds import MODEL_KINDS, MLPConfig, ModelConfig
 from hepstream.suggest import did_you_mean
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -179,25 +181,6 @@ class FeaturesConfig(_Section):
         return names
 
 
-class ModelConfig(_Section):
-    name: str = Field(default="demo", pattern=r"^[A-Za-z0-9._-]+$")
-    kind: Literal["mlp", "deepsets", "logistic", "hoeffding_tree", "arf", "user"] = "mlp"
-    classes: int = Field(default=2, ge=2, description="Number of classes; labels are 0 .. classes-1")
-    hidden: list[int] = Field(default_factory=lambda: [64, 64])
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    set_hidden: list[int] = Field(default_factory=lambda: [32, 32], description="Per-object network of deepsets")
-    factory: str | None = Field(default=None, description="package.module:function building a user model")
-    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the river or user model")
-
-    @model_validator(mode="after")
-    def _user_needs_factory(self) -> ModelConfig:
-        if (self.kind == "user") != (self.factory is not None):
-            raise ValueError("model.factory is required for kind 'user' and only allowed there")
-        if self.factory is not None and not re.fullmatch(r"[\w.]+:\w+", self.factory):
-            raise ValueError(f"model.factory {self.factory!r} is not 'package.module:function'")
-        return self
-
-
 class TrainingConfig(_Section):
     batch_size: int = Field(default=512, ge=1)
     learning_rate: float = Field(default=2e-3, gt=0)
@@ -267,33 +250,99 @@ class AutoscalingConfig(_Section):
         return self
 
 
-class ServeConfig(_Section):
+class HttpConfig(_Section):
+    """Where the server answers, and the largest requests it takes."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    poll_interval_s: float = Field(default=0.5, gt=0, le=60, description="How often each replica looks for a newer version")
-    swap_delay_s: float = Field(default=1.0, ge=0, le=60,
-                                description="Replicas swap to a version this long after its publication, together")
     max_events_per_request: int = Field(default=100_000, ge=1)
     max_request_bytes: ByteSize = Field(default=64_000_000, description="Larger request bodies get 413")
+
+
+class AuthConfig(_Section):
     tokens_file: Path | None = Field(default=None, description="File of bearer tokens, one per line")
     tokens_env: str = Field(default="HEPSTREAM_TOKENS", description="Environment variable of comma-separated tokens")
-    max_batch_size: int = Field(default=32, ge=1, description="Requests scored together by one model call")
-    batch_wait_timeout_s: float = Field(default=0.0, ge=0,
-                                        description="Longest wait for a batch to fill; 0 batches what is waiting")
+
+
+class BatchingConfig(_Section):
+    max_size: int = Field(default=32, ge=1, description="Requests scored together by one model call")
+    wait_timeout_s: float = Field(default=0.0, ge=0,
+                                  description="Longest wait for a batch to fill; 0 batches what is waiting")
+
+
+class ScalingConfig(_Section):
     replicas: int = Field(default=1, ge=1, description="Ray Serve replicas, when autoscaling is unset")
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts at once")
-    pinned_versions_cached: int = Field(default=4, ge=0, description="Older versions kept loaded for pinned requests")
+
+
+class VersionsConfig(_Section):
+    """How replicas find, swap to and keep model versions."""
+
+    poll_interval_s: float = Field(default=0.5, gt=0, le=60, description="How often each replica looks for a newer version")
+    swap_delay_s: float = Field(default=1.0, ge=0, le=60,
+                                description="Replicas swap to a version this long after its publication, together")
+    pinned_cached: int = Field(default=4, ge=0, description="Older versions kept loaded for pinned requests")
+
+
+class RayStartConfig(_Section):
+    """Settings Ray and Serve read only when Ray starts (``hepstream serve`` starts it with them)."""
+
     direct_ingress_port: int | None = Field(default=None, ge=1, le=65535,
                                             description="Replicas also answer HTTP on ports of their own from this "
-                                                        "one up, skipping Serve's proxy; read when Ray starts")
+                                                        "one up, skipping Serve's proxy")
     haproxy: bool = Field(default=False,
-                          description="Serve's HAProxy ingress answers on host:port instead of its Python proxy, "
-                                      "forwarding to the replicas' own ports (from direct_ingress_port, or 30000, "
-                                      "up); read when Ray starts")
-    ray_metrics: bool = Field(default=False,
-                              description="Ray's own metrics pipeline (Serve's ray_serve_* series, Ray's dashboard), "
-                                          "beside hepstream's /metrics; read when Ray starts")
+                          description="Serve's HAProxy ingress answers on serve.http.host:port instead of its Python "
+                                      "proxy, forwarding to the replicas' own ports (from direct_ingress_port, or "
+                                      "30000, up)")
+    metrics: bool = Field(default=False,
+                          description="Ray's own metrics pipeline (Serve's ray_serve_* series, Ray's dashboard), "
+                                      "beside hepstream's /metrics")
+
+
+# Keys of the flat serve section before it was split by concern: old key -> (section, key).
+_FLAT_SERVE_KEYS = {
+    "host": ("http", "host"), "port": ("http", "port"),
+    "max_events_per_request": ("http", "max_events_per_request"), "max_request_bytes": ("http", "max_request_bytes"),
+    "tokens_file": ("auth", "tokens_file"), "tokens_env": ("auth", "tokens_env"),
+    "max_batch_size": ("batching", "max_size"), "batch_wait_timeout_s": ("batching", "wait_timeout_s"),
+    "replicas": ("scaling", "replicas"), "autoscaling": ("scaling", "autoscaling"),
+    "max_ongoing_requests": ("scaling", "max_ongoing_requests"),
+    "poll_interval_s": ("versions", "poll_interval_s"), "swap_delay_s": ("versions", "swap_delay_s"),
+    "pinned_versions_cached": ("versions", "pinned_cached"),
+    "direct_ingress_port": ("ray", "direct_ingress_port"), "haproxy": ("ray", "haproxy"),
+    "ray_metrics": ("ray", "metrics"),
+}
+
+
+class ServeConfig(_Section):
+    """The server, one section per concern; the flat keys of older files still read, with a warning."""
+
+    http: HttpConfig = HttpConfig()
+    auth: AuthConfig = AuthConfig()
+    batching: BatchingConfig = BatchingConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    versions: VersionsConfig = VersionsConfig()
+    ray: RayStartConfig = RayStartConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys_move(cls, data: Any) -> Any:
+        """Older files' ``serve.port`` becomes ``serve.http.port``, with a FutureWarning (shown to users by default)."""
+        if not isinstance(data, dict) or not _FLAT_SERVE_KEYS.keys() & data.keys():
+            return data
+        moved = {key: value for key, value in data.items() if key not in _FLAT_SERVE_KEYS}
+        for old in [key for key in data if key in _FLAT_SERVE_KEYS]:
+            section, key = _FLAT_SERVE_KEYS[old]
+            into = moved.get(section) or {}
+            if not isinstance(into, dict):
+                return data  # a section that is not a mapping: reported as such
+            if key in into:
+                raise ValueError(f"serve.{old} and serve.{section}.{key} are the same setting: "
+                                 f"keep serve.{section}.{key}")
+            moved[section] = {**into, key: data[old]}
+            warnings.warn(f"serve.{old} is deprecated: write serve.{section}.{key}", FutureWarning, stacklevel=2)
+        return moved
 
 
 class Config(_Section):
@@ -303,7 +352,7 @@ class Config(_Section):
     kafka: KafkaConfig = KafkaConfig()
     producer: ProducerConfig = ProducerConfig()
     features: FeaturesConfig = FeaturesConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = MLPConfig()
     training: TrainingConfig = TrainingConfig()
     store: StoreConfig = StoreConfig()
     serve: ServeConfig = ServeConfig()
@@ -321,9 +370,9 @@ class Config(_Section):
     def _workers_can_average(self) -> Config:
         if self.training.workers == 1:
             return self
-        if self.model.kind in ("logistic", "hoeffding_tree", "arf"):
-            raise ValueError(f"training.workers is {self.training.workers}, but a River model "
-                             f"({self.model.kind!r}) has no parameters to average: set training.workers: 1")
+        if not MODEL_KINDS[self.model.kind].averageable:
+            raise ValueError(f"training.workers is {self.training.workers}, but a {self.model.kind!r} model "
+                             "has no parameters to average: set training.workers: 1")
         if self.training.epochs > 1:
             raise ValueError(f"training.workers > 1 follows the live stream only: set training.epochs: 1 "
                              f"(got {self.training.epochs})")

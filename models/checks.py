@@ -16,10 +16,10 @@ saying what broke:
 A user model is named as in the configuration, ``package.module:function``
 (the server rebuilds it from that path, so the checks do too):
 
->>> from hepstream.config import ModelConfig
->>> [check.name for check in yield_checks(ModelConfig(kind="logistic"))]
+>>> from hepstream.model_kinds import model_config
+>>> [check.name for check in yield_checks(model_config({"kind": "logistic"}))]
 ['input_unchanged', 'state_round_trips', 'seeded_runs_reproduce', 'learns', 'several_classes']
->>> check_estimator(ModelConfig(kind="logistic"))
+>>> check_estimator(model_config({"kind": "logistic"}))
 >>> check_estimator("mypackage.models:centroid")  # doctest: +SKIP
 """
 
@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig, TrainingConfig
+from hepstream.model_kinds import model_config
 from hepstream.models.learner import Learner
 from hepstream.models.metrics import multiclass_auc
 from hepstream.models.store import LoadedModel, ModelStore
@@ -144,7 +145,7 @@ class Check:
 
 
 def _model_config(model: ModelConfig | str) -> ModelConfig:
-    return model if isinstance(model, ModelConfig) else ModelConfig(name="check", kind="user", factory=model)
+    return model_config({"name": "check", "kind": "user", "factory": model}) if isinstance(model, str) else model
 
 
 def yield_checks(model: ModelConfig | str) -> Iterator[Check]:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hepstream.config import FeaturesConfig, ModelConfig, TrainingConfig
+from hepstream.config import FeaturesConfig, TrainingConfig
+from hepstream.model_kinds import stored_model_config
 from hepstream.models.features import BranchSpec, FeaturePipeline
 from hepstream.models.registry import build_estimator
 from hepstream.models.version_meta import VersionMeta
@@ -47,7 +48,7 @@ class LoadedModel:
         self.meta = meta
         self.features = FeaturePipeline(FeaturesConfig.model_validate(meta.features))
         self.features.load_state_dict(meta.feature_state)
-        self.config = ModelConfig.model_validate(meta.model)
+        self.config = stored_model_config(meta.model)
         self.estimator = build_estimator(self.config, self.features, TrainingConfig(device="cpu"))
         self.estimator.load_state_dict(model_state)
 

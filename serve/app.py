@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,29 +50,21 @@ VERSION_HEADER = v1.VERSION_HEADER
 logger = logging.getLogger(__name__)
 
 
-def serve_settings(settings: ServeConfig | None = None, **overrides: Any) -> ServeConfig:
-    """The ``serve`` section with some keys replaced, validated as the YAML file would be."""
-    settings = settings or ServeConfig()
-    return ServeConfig.model_validate({**settings.model_dump(), **overrides}) if overrides else settings
-
-
-def create_app(store: ModelStore, *, model_name: str, settings: ServeConfig | None = None, replica: str | None = None,
-               **overrides: Any) -> FastAPI:
+def create_app(store: ModelStore, *, model_name: str, settings: ServeConfig = ServeConfig(), replica: str | None = None
+               ) -> FastAPI:
     """Build the app for one model.
 
     ``store`` is a ``hepstream.models.store.ModelStore`` or anything with its
     ``versions()``, ``latest()`` and ``load(version)``. ``settings`` is the
-    configuration's ``serve`` section; keyword ``overrides`` replace single
-    keys of it (``poll_interval_s=0.05``). ``replica`` labels this app's
+    configuration's ``serve`` section. ``replica`` labels this app's
     metrics. The watcher runs while the app's lifespan does; the watcher,
     the scoring core and the metrics are at ``app.state``.
     """
-    settings = serve_settings(settings, **overrides)
-    watcher = ModelWatcher(store, settings.poll_interval_s, pin_file=pin_path(store),
-                           swap_delay_s=settings.swap_delay_s)
+    watcher = ModelWatcher(store, settings.versions.poll_interval_s, pin_file=pin_path(store),
+                           swap_delay_s=settings.versions.swap_delay_s)
     metrics = Metrics(watcher, model_name, replica or f"{socket.gethostname()}-{os.getpid()}")
-    serving = Serving(store, model_name, watcher, settings.pinned_versions_cached, metrics.observe_batch)
-    tokens = read_tokens(settings.tokens_file, settings.tokens_env)
+    serving = Serving(store, model_name, watcher, settings.versions.pinned_cached, metrics.observe_batch)
+    tokens = read_tokens(settings.auth.tokens_file, settings.auth.tokens_env)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -88,8 +80,8 @@ def create_app(store: ModelStore, *, model_name: str, settings: ServeConfig | No
     app.state.watcher = watcher
     app.state.serving = serving
     app.state.metrics = metrics
-    app.include_router(v1.v1_router(serving, settings.max_events_per_request))
-    app.include_router(v2.v2_router(serving, settings.max_events_per_request))
+    app.include_router(v1.v1_router(serving, settings.http.max_events_per_request))
+    app.include_router(v2.v2_router(serving, settings.http.max_events_per_request))
     app.include_router(tfaas.tfaas_router(serving))
 
     @app.get("/metrics", summary="Prometheus metrics of this replica")
@@ -100,12 +92,12 @@ def create_app(store: ModelStore, *, model_name: str, settings: ServeConfig | No
     app.add_exception_handler(RequestValidationError, _validation_error_answer)
     app.add_exception_handler(HTTPException, _http_error_answer)  # unknown route, wrong method
     app.add_exception_handler(Exception, _internal_error_answer)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.http.max_request_bytes)
     app.add_middleware(BearerAuth, tokens=tokens)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it counts 401s and 413s
-    if not tokens and settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if not tokens and settings.http.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving %s on %s without bearer tokens: anybody who reaches it may call it",
-                       model_name, settings.host)
+                       model_name, settings.http.host)
 
     def openapi() -> dict:
         """The schema, with request bodies that name the branches of the version being served."""

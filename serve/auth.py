@@ -38,7 +38,7 @@ def read_tokens(path: Path | None, env_var: str | None, environ: Mapping[str, st
         try:
             lines = Path(path).read_text().splitlines()
         except OSError as error:  # a configured but unreadable file must not silently open the server
-            raise RuntimeError(f"serve.tokens_file {path}: {error.strerror or error}") from None
+            raise RuntimeError(f"serve.auth.tokens_file {path}: {error.strerror or error}") from None
         tokens += [line.split("#", 1)[0].strip() for line in lines]
     if env_var:
         tokens += [token.strip() for token in environ.get(env_var, "").split(",")]

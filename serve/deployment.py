@@ -6,8 +6,8 @@ stall a replica while it reloads. Instead each replica runs the app's
 the old one; Serve only starts replicas, scales them and routes HTTP to them.
 
 Batching: concurrent requests to one replica are gathered by ``@serve.batch``
-(``serve.max_batch_size``, ``serve.batch_wait_timeout_s``) and scored with one
-model call per version; each request is parsed and checked on its own first,
+(``serve.batching.max_size``, ``serve.batching.wait_timeout_s``) and scored
+with one model call per version; each request is parsed and checked on its own first,
 so a bad request never fails its neighbours. By default a batch is what has
 queued up while the replica was busy, with no wait for more: under load
 batches form anyway (single-event requests at concurrency 8: 2.4 requests per
@@ -22,24 +22,32 @@ a name travel, and the store's imports (torch: seconds) are paid by the
 replica that uses them, not by the driver that starts Serve. Bearer tokens
 are read by each replica too, from its own file or environment, so they never
 travel through Ray's control plane.
+
+:func:`serving` is the one way to run it from a configuration: the
+``hepstream serve`` command, the demo and the tests all start Ray, with the
+environment Serve reads at start-up, and Serve through it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 from ray import serve
 from ray.serve import Application
 
-from hepstream.config import ServeConfig
-from hepstream.serve.app import create_app, serve_settings
+from hepstream.config import Config, ServeConfig
+from hepstream.serve.app import create_app
 from hepstream.serve.scoring import Result, tune_malloc_for_batches
 
 if TYPE_CHECKING:
@@ -49,6 +57,8 @@ if TYPE_CHECKING:
 
 APP_NAME = "hepstream"
 DEFAULT_DIRECT_INGRESS_PORT = 30000  # Serve's own default
+
+logger = logging.getLogger(__name__)
 
 
 def open_model_store(root: str, model_name: str) -> ModelStore:
@@ -74,8 +84,8 @@ class HepstreamServer:
         self.open_store = open_store
         self.model_name = model_name
         self.settings = ServeConfig.model_validate(settings)
-        self.score_batch.set_max_batch_size(self.settings.max_batch_size)
-        self.score_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.score_batch.set_max_batch_size(self.settings.batching.max_size)
+        self.score_batch.set_batch_wait_timeout_s(self.settings.batching.wait_timeout_s)
         self.serving = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -93,23 +103,24 @@ class HepstreamServer:
 def ray_environment(settings: ServeConfig) -> dict[str, str]:
     """The environment Ray must start with for these settings: Serve reads its ingress flags only then.
 
-    With ``direct_ingress_port`` every replica also serves the app on a port of
-    its own, from that port up, beside the proxy's; the range leaves room for
-    replicas being replaced during a redeploy. Such a replica then runs our
-    code and its router on its main event loop instead of one thread and loop
-    each: direct-ingress requests no longer hop between threads (bench serve,
-    concurrency 8, two runs each on 2 cores: 241 and 283 requests/s with
-    p99 61 and 91 ms before; 416 and 357 with p99 31 and 44 ms after).
+    These are the ``serve.ray`` keys. With ``direct_ingress_port`` every
+    replica also serves the app on a port of its own, from that port up, beside
+    the proxy's; the range leaves room for replicas being replaced during a
+    redeploy. Such a replica then runs our code and its router on its main
+    event loop instead of one thread and loop each: direct-ingress requests no
+    longer hop between threads (bench serve, concurrency 8, two runs each on 2
+    cores: 241 and 283 requests/s with p99 61 and 91 ms before; 416 and 357
+    with p99 31 and 44 ms after).
 
-    With ``haproxy``, Serve's HAProxy answers on ``host:port`` in place of its
+    With ``haproxy``, Serve's HAProxy answers on ``serve.http`` in place of its
     Python proxy and forwards to those replica ports, which it needs, so they
     start from 30000 when ``direct_ingress_port`` is unset. HAProxy runs
-    through ``hepstream-haproxy`` (:mod:`hepstream.serve.haproxy`), so that
-    all its ports stay on ``host``. Serve's proxy had set the pace: 91-105
-    requests/s at concurrency 8 with p99 109-121 ms, against 405-432 and
+    through ``hepstream-haproxy`` (:mod:`hepstream.serve.haproxy`), so that all
+    its ports stay on ``serve.http.host``. Serve's proxy had set the pace:
+    91-105 requests/s at concurrency 8 with p99 109-121 ms, against 405-432 and
     32-36 ms through HAProxy (bench serve, three runs on 2 cores).
 
-    Unless ``ray_metrics`` is set, Ray's own metrics are off
+    Unless ``metrics`` is set, Ray's own metrics are off
     (``RAY_enable_metrics_collection=0``): every replica records Ray's metrics
     of each request, and every few seconds Ray's dashboard agent gathers and
     exports them. On a busy 2-core node that took a core for 100-150 ms, and
@@ -118,16 +129,17 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     92-133 ms, p99 32-43 ms); with the metrics off, none (slowest 41 ms, p99
     29 ms). hepstream's own ``/metrics`` does not go through Ray.
     """
-    environment = {} if settings.ray_metrics else {"RAY_enable_metrics_collection": "0"}
-    first = settings.direct_ingress_port
-    if first is None and not settings.haproxy:
+    start, scaling = settings.ray, settings.scaling
+    environment = {} if start.metrics else {"RAY_enable_metrics_collection": "0"}
+    first = start.direct_ingress_port
+    if first is None and not start.haproxy:
         return environment
-    replicas = settings.autoscaling.max_replicas if settings.autoscaling is not None else settings.replicas
+    replicas = scaling.autoscaling.max_replicas if scaling.autoscaling is not None else scaling.replicas
     first = first or DEFAULT_DIRECT_INGRESS_PORT
     environment.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
                         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 2 * replicas - 1),
                         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"})
-    if settings.haproxy:
+    if start.haproxy:
         environment.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=_haproxy_wrapper())
     return environment
 
@@ -137,25 +149,58 @@ def _haproxy_wrapper() -> str:
     beside = Path(sys.executable).parent / "hepstream-haproxy"
     found = str(beside) if beside.is_file() else shutil.which("hepstream-haproxy")
     if found is None:
-        raise RuntimeError("serve.haproxy needs the hepstream-haproxy script, installed with hepstream; "
+        raise RuntimeError("serve.ray.haproxy needs the hepstream-haproxy script, installed with hepstream; "
                            f"it is neither beside {sys.executable} nor on PATH")
     return found
 
 
-def start_serve(store_root: str | Path, model_name: str, settings: ServeConfig | None = None, **overrides: Any) -> str:
-    """Serve the newest version of ``model_name`` from the store folder; returns the base URL.
+@contextlib.contextmanager
+def serving(config: Config, *, open_store: Callable[[], Any] | None = None, **ray_init: Any) -> Iterator[str]:
+    """Serve ``config.model.name`` from ``config.store.path`` while the block runs; yields the base URL.
 
-    ``settings`` is the configuration's ``serve`` section; keyword
-    ``overrides`` replace single keys (``port=8001``). Needs Ray started
-    (``ray.init``) by the caller, with :func:`ray_environment` in its
-    environment. Returns once the replicas run; they answer 503 on
-    ``/v1/health/ready`` until a first version loads.
+    Starts Ray unless this process is connected already, with
+    :func:`ray_environment` in its environment (``ray_init`` are more
+    arguments of ``ray.init``), then Serve with ``config.serve``; on leaving,
+    stops Serve, and Ray if it started it. ``open_store`` replaces the opener
+    of the store folder (tests serve stand-ins). The URL answers once the
+    replicas run; ``/v1/health/ready`` is 503 until a first version loads.
     """
-    settings = serve_settings(settings, **overrides)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(bind_server(store_opener(store_root, model_name), model_name, settings), name=APP_NAME,
-              route_prefix="/")
-    return f"http://{settings.host}:{settings.port}"
+    settings = config.serve
+    with contextlib.ExitStack() as stack:
+        if ray.is_initialized():
+            _check_environment(ray_environment(settings))
+        else:
+            stack.enter_context(_environment(ray_environment(settings)))
+            ray.init(**{"include_dashboard": False, "logging_level": "WARNING", **ray_init})
+            stack.callback(ray.shutdown)
+        serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
+        stack.callback(serve.shutdown)
+        open_store = open_store or store_opener(Path(config.store.path).resolve(), config.model.name)
+        serve.run(bind_server(open_store, config.model.name, settings), name=APP_NAME, route_prefix="/")
+        yield f"http://{settings.http.host}:{settings.http.port}"
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """``variables`` set in this process's environment, which Ray's processes inherit, and put back after."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _check_environment(variables: dict[str, str]) -> None:
+    """Ray already runs: warn about settings it did not start with, which Serve cannot take now."""
+    missing = sorted(name for name, value in variables.items() if os.environ.get(name) != value)
+    if missing:
+        logger.warning("Ray was started before hepstream's serve.ray settings could reach it: Serve runs without "
+                       "%s; start Ray with these set, or let `hepstream serve` start it", ", ".join(missing))
 
 
 def store_opener(store_root: str | Path, model_name: str) -> Callable[[], ModelStore]:
@@ -165,14 +210,15 @@ def store_opener(store_root: str | Path, model_name: str) -> Callable[[], ModelS
 
 def bind_server(open_store: Callable[[], ModelStore], model_name: str, settings: ServeConfig) -> Application:
     """The deployment with the replicas, autoscaling and concurrency the settings ask for."""
-    options: dict[str, Any] = {"max_ongoing_requests": settings.max_ongoing_requests}
-    if settings.autoscaling is not None:
-        options["autoscaling_config"] = settings.autoscaling.model_dump()
+    scaling = settings.scaling
+    options: dict[str, Any] = {"max_ongoing_requests": scaling.max_ongoing_requests}
+    if scaling.autoscaling is not None:
+        options["autoscaling_config"] = scaling.autoscaling.model_dump()
     else:
-        options["num_replicas"] = settings.replicas
+        options["num_replicas"] = scaling.replicas
     values = settings.model_dump(mode="json")
-    if settings.tokens_file is not None:  # replicas may run in another folder
-        values["tokens_file"] = str(Path(settings.tokens_file).resolve())
+    if settings.auth.tokens_file is not None:  # replicas may run in another folder
+        values["auth"]["tokens_file"] = str(Path(settings.auth.tokens_file).resolve())
     return HepstreamServer.options(**options).bind(open_store, model_name, values)
 
 
@@ -180,15 +226,10 @@ def build_app(args: dict) -> Application:
     """Application builder for ``serve deploy`` and KubeRay's RayService (``import_path``).
 
     ``args`` come from the Serve config file: ``store`` (model store folder,
-    mounted in every Ray pod), ``model``, and any key of the ``serve``
-    section (``max_batch_size``, ``tokens_file``, ``autoscaling``, ...).
+    mounted in every Ray pod), ``model``, and any section of the ``serve``
+    section (``batching``, ``auth``, ``scaling``, ...).
     """
     settings = {key: value for key, value in args.items() if key not in ("store", "model")}
     if "store" not in args or "model" not in args:
         raise ValueError(f"hepstream build_app args need 'store' and 'model'; got {sorted(args)}")
     return bind_server(store_opener(args["store"], args["model"]), args["model"], ServeConfig.model_validate(settings))
-
-
-def stop_serve() -> None:
-    """Stop Serve: its HTTP proxy, controller and replicas. Ray itself keeps running."""
-    serve.shutdown()

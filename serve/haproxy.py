@@ -1,9 +1,9 @@
-"""``hepstream-haproxy``: Serve's HAProxy, with every frontend bound where ``serve.host`` says.
+"""``hepstream-haproxy``: Serve's HAProxy, with every frontend bound where ``serve.http.host`` says.
 
-Serve's HAProxy ingress (``serve.haproxy``) answers HTTP in C and forwards to
+Serve's HAProxy ingress (``serve.ray.haproxy``) answers HTTP in C and forwards to
 the replicas' own ports, skipping Serve's Python proxy, which on 2 cores sets
 the pace of a whole deployment. The configuration Serve writes for it binds
-the main frontend to ``serve.host``, but its statistics page and Prometheus
+the main frontend to ``serve.http.host``, but its statistics page and Prometheus
 exporter to every interface. Serve runs whatever binary
 ``RAY_SERVE_HAPROXY_BINARY_PATH`` names, with ``-f CONFIG``; this wrapper,
 named there by :func:`~hepstream.serve.deployment.ray_environment`, binds those
@@ -31,7 +31,7 @@ def bind_where_served(config: str) -> str:
     listen stats
       bind 127.0.0.1:8404
 
-    A frontend on every interface (``serve.host: 0.0.0.0``) leaves the file as it is.
+    A frontend on every interface (``serve.http.host: 0.0.0.0``) leaves the file as it is.
     """
     main = _MAIN_FRONTEND.search(config)
     if main is None or main.group(1) == "*":

@@ -1,4 +1,4 @@
-"""Request size limit: a body larger than ``serve.max_request_bytes`` is a 413, before it fills memory.
+"""Request size limit: a body larger than ``serve.http.max_request_bytes`` is a 413, before it fills memory.
 
 A declared ``Content-Length`` over the limit is refused before a byte of the
 body is read. A chunked body has no declared length, so its bytes are counted
@@ -11,7 +11,7 @@ from hepstream.serve.errors import RequestError, send_error
 
 
 def _too_large(limit: int) -> RequestError:
-    return RequestError(413, f"request body larger than {limit} bytes (serve.max_request_bytes); "
+    return RequestError(413, f"request body larger than {limit} bytes (serve.http.max_request_bytes); "
                              "split the events over several requests", "body")
 
 

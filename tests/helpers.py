@@ -23,8 +23,10 @@ def pipeline_config(topic: str, files, store, **sections):
         "producer": {"max_chunk_events": 700, "step_size": "1 MB"},
         "training": {"checkpoint_every_s": 0.2},
         "store": {"path": str(store)},
-        "model": {"name": "m", "hidden": [16]},
     }
+    model = sections.pop("model", {})
+    small = {"hidden": [16]} if model.get("kind", "mlp") in ("mlp", "deepsets") else {}  # torch kinds: a small network
+    data["model"] = {"name": "m", **small, **model}
     for section, values in sections.items():
         data[section] = {**data.get(section, {}), **values}
     return config_from_dict(data)

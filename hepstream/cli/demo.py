@@ -95,7 +95,7 @@ def _demo_config(workdir: Path, train_files, read_url, port: int, bootstrap: str
             "model": {"name": "demo"},
             "training": {"checkpoint_every_s": 1.0},
             "store": {"path": str(workdir / "store")},
-            "serve": {"port": port},
+            "serve": {"http": {"port": port}},
         },
         "demo",
     )
@@ -109,7 +109,7 @@ def run_demo(args, progress: Progress) -> dict:
     from hepstream.models.metrics import roc_auc
 
     from hepstream.models.actor import spawn_trainer
-    from hepstream.serve.deployment import start_serve, stop_serve
+    from hepstream.serve.deployment import serving
     from hepstream.stack.broker import EmbeddedBroker
     from hepstream.stack.xrootd import XRootDServer
     from hepstream.streaming.datagen import generate_demo
@@ -145,12 +145,7 @@ def run_demo(args, progress: Progress) -> dict:
 
         config = _demo_config(workdir, files.train, read_url, free_port(), broker.bootstrap)
         progress.step("starting Ray and Ray Serve")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-        stack.callback(ray.shutdown)
-        base_url = start_serve(config.store.path, config.model.name, host="127.0.0.1", port=config.serve.port,
-                               poll_interval_s=config.serve.poll_interval_s,
-                               max_events_per_request=config.serve.max_events_per_request)
-        stack.callback(stop_serve)
+        base_url = stack.enter_context(serving(config, num_cpus=2, log_to_driver=False))  # the trainer's Ray, too
         trainer = spawn_trainer(config, broker.bootstrap)
         progress.step(f"trainer actor consuming {config.dataset.topic}; serving on {base_url}")
 

@@ -125,22 +125,15 @@ def run_train(args) -> int:
 
 
 def run_serve(args) -> int:
-    import ray
-
-    from hepstream.serve.deployment import ray_environment, start_serve, stop_serve
+    from hepstream.serve.deployment import serving
 
     config, _ = _load(args)
-    os.environ.update(ray_environment(config.serve))  # before Ray starts: its processes inherit it
-    ray.init(include_dashboard=False, logging_level="WARNING")
-    try:
-        url = start_serve(Path(config.store.path).resolve(), config.model.name, settings=config.serve)
-        through = " through Serve's HAProxy ingress" if config.serve.haproxy else ""
+    start = config.serve.ray
+    with serving(config) as url:
+        through = " through Serve's HAProxy ingress" if start.haproxy else ""
         print(f"serving model {config.model.name!r} from {config.store.path} on {url}{through}", flush=True)
-        if config.serve.direct_ingress_port is not None:
-            print(f"replicas also answer directly from http://{config.serve.host}:{config.serve.direct_ingress_port}",
+        if start.direct_ingress_port is not None:
+            print(f"replicas also answer directly from http://{config.serve.http.host}:{start.direct_ingress_port}",
                   flush=True)
         _wait_for_signal().wait()
-    finally:
-        stop_serve()
-        ray.shutdown()
     return 0

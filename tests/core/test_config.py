@@ -9,7 +9,7 @@ def test_empty_file_gives_one_machine_defaults(tmp_path):
     config = load_config(path)
     assert config == Config()
     assert config.kafka.bootstrap is None
-    assert config.serve.host == "127.0.0.1"
+    assert config.serve.http.host == "127.0.0.1"
     assert config.dataset.topic == "demo.events"
 
 
@@ -110,3 +110,58 @@ def test_expressions_are_checked_when_the_file_is_read():
     assert "dataset.define: Value error, expression \"exec('1')\": unknown function 'exec'" in message
     assert "dataset.cuts: Value error, expression \"MET_pt >\": not valid syntax" in message
     assert "features.derived.0.expr:" in message and "Attribute" in message
+
+
+def test_model_kinds_take_their_own_keys_and_mlp_is_the_default():
+    assert config_from_dict({"model": {"hidden": [8]}}).model.kind == "mlp"
+    deepsets = config_from_dict({"model": {"kind": "deepsets", "set_hidden": [4], "hidden": [8]}}).model
+    assert (deepsets.set_hidden, deepsets.hidden) == ([4], [8])
+    assert config_from_dict({"model": {"kind": "arf", "options": {"n_models": 3}}}).model.options == {"n_models": 3}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"model": {"kind": "logistic", "hidden": [8], "classes": 1}})
+    message = str(caught.value)
+    assert "model.hidden: unknown key" in message and "model.classes:" in message
+    with pytest.raises(ConfigError, match="model.kind: Input should be 'mlp', 'deepsets'"):
+        config_from_dict({"model": {"kind": "transformer"}})
+    with pytest.raises(ConfigError, match="model.factory: Field required"):
+        config_from_dict({"model": {"kind": "user"}})
+    with pytest.raises(ConfigError, match="model.factory: .*'nodots' is not 'package.module:function'"):
+        config_from_dict({"model": {"kind": "user", "factory": "nodots"}})
+
+
+def test_every_registered_kind_names_a_builder_path_and_its_own_section():
+    from hepstream.model_kinds import MODEL_KINDS, ModelKind, MLPConfig
+
+    for kind in MODEL_KINDS.values():
+        assert kind.builder.count(":") == 1, kind
+    with pytest.raises(ValueError, match="MLPConfig.kind does not allow it"):
+        ModelKind("deepsets", MLPConfig, "x:y")
+
+
+def test_stored_model_sections_of_older_versions_still_read():
+    from hepstream.model_kinds import stored_model_config
+
+    old = {"name": "m", "kind": "logistic", "classes": 2, "hidden": [64, 64], "dropout": 0.0,
+           "set_hidden": [32, 32], "factory": None, "options": {"l2": 0.1}}
+    assert stored_model_config(old).model_dump() == {"name": "m", "classes": 2, "kind": "logistic",
+                                                     "options": {"l2": 0.1}}
+
+
+def test_flat_serve_keys_of_older_files_move_to_their_sections_with_a_warning():
+    with pytest.warns(FutureWarning) as caught:
+        serve = config_from_dict({"serve": {"port": 8100, "haproxy": True, "max_batch_size": 4,
+                                            "http": {"host": "0.0.0.0"}}}).serve
+    assert sorted(str(w.message) for w in caught) == ["serve.haproxy is deprecated: write serve.ray.haproxy",
+                                                      "serve.max_batch_size is deprecated: write serve.batching.max_size",
+                                                      "serve.port is deprecated: write serve.http.port"]
+    assert (serve.http.host, serve.http.port, serve.ray.haproxy, serve.batching.max_size) == ("0.0.0.0", 8100, True, 4)
+    with pytest.raises(ConfigError, match="serve.port and serve.http.port are the same setting"):
+        config_from_dict({"serve": {"port": 8100, "http": {"port": 8200}}})
+
+
+def test_serve_sections_report_problems_by_their_dotted_keys():
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"serve": {"http": {"port": -1}, "scaling": {"autoscaling": {"min_replicas": 5,
+                                                                                      "max_replicas": 2}}}})
+    message = str(caught.value)
+    assert "serve.http.port:" in message and "serve.scaling.autoscaling:" in message

@@ -1,4 +1,4 @@
-"""The contract every model kind meets (river's habit): register a kind in KINDS and it is checked here.
+"""The contract every model kind meets (river's habit): register a kind in MODEL_KINDS and it is tested here.
 
 The checks are ``hepstream.models.checks``, shipped for users to run on their
 own models; here they run over every registered kind and the user models of
@@ -8,18 +8,20 @@ own models; here they run over every registered kind and the user models of
 import numpy as np
 import pytest
 
-from hepstream.config import ModelConfig, TrainingConfig
+from hepstream.config import TrainingConfig
+from hepstream.model_kinds import MODEL_KINDS, model_config
 from hepstream.models.checks import FEATURES, check_estimator, synthetic_events, yield_checks
 from hepstream.models.learner import Learner
-from hepstream.models.registry import KINDS
 from tests.models.user_models import CentroidModel
 
-OPTIONS = {"hoeffding_tree": {"grace_period": 50}, "arf": {"n_models": 3}}
 FACTORIES = {"user": "tests.models.user_models:linear", "user-json": "tests.models.user_models:centroid"}
+# Smaller or quicker than the defaults; a kind not named here is checked with its defaults.
+SMALL = {"mlp": {"hidden": [16]}, "deepsets": {"hidden": [16], "set_hidden": [8]},
+         "hoeffding_tree": {"options": {"grace_period": 50}}, "arf": {"options": {"n_models": 3}}}
 MODELS = {
-    case: ModelConfig(name="c", kind="user" if case in FACTORIES else case, hidden=[16], set_hidden=[8],
-                      factory=FACTORIES.get(case), options=OPTIONS.get(case, {}))
-    for case in [k for k in KINDS if k != "user"] + list(FACTORIES)
+    case: model_config({"name": "c", "kind": "user", "factory": FACTORIES[case]} if case in FACTORIES
+                       else {"name": "c", "kind": case, **SMALL.get(case, {})})
+    for case in [k for k in MODEL_KINDS if k != "user"] + list(FACTORIES)
 }
 
 

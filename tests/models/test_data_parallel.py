@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from hepstream.config import ConfigError, FeaturesConfig, JaggedFeature, ModelConfig, TrainingConfig
+from hepstream.config import ConfigError, FeaturesConfig, JaggedFeature, TrainingConfig
 from hepstream.kafka import new_producer
+from hepstream.model_kinds import MLPConfig
 from hepstream.models.data_parallel import average_states, merged_drift, pool_features
 from hepstream.models.features import FeaturePipeline
 from hepstream.models.metrics import PrequentialMetrics
@@ -41,7 +42,7 @@ def test_averaged_state_is_the_event_weighted_mean():
 
 def test_averaged_mlp_and_adam_state_load_into_an_estimator():
     features = FeaturePipeline(FeaturesConfig(flat=["x", "y"], jagged=[], normalize=False))
-    model, training = ModelConfig(hidden=[4]), TrainingConfig(device="cpu", batch_size=8)
+    model, training = MLPConfig(hidden=[4]), TrainingConfig(device="cpu", batch_size=8)
     rng = np.random.default_rng(0)
     states, events = [], [48, 16]
     for n in events:

@@ -202,12 +202,13 @@ def test_bad_derived_expressions_name_the_derived_branch(expr, message):
 def test_deep_sets_ignores_padding_and_object_order():
     import torch
 
-    from hepstream.config import ModelConfig, TrainingConfig
+    from hepstream.config import TrainingConfig
+    from hepstream.model_kinds import DeepSetsConfig
     from hepstream.models.registry import build_estimator
 
     spec = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt", "Muon_eta"], length=3)])
     pipeline = FeaturePipeline(spec)
-    model = build_estimator(ModelConfig(kind="deepsets"), pipeline, TrainingConfig(device="cpu")).module
+    model = build_estimator(DeepSetsConfig(), pipeline, TrainingConfig(device="cpu")).module
     x = torch.tensor([[1.0, 5.0, 6.0, 9.0, 0.1, 0.2, 7.0, 1.0, 1.0, 0.0]])  # two muons; slot 3 is padding
     swapped = torch.tensor([[1.0, 6.0, 5.0, 0.0, 0.2, 0.1, 0.0, 1.0, 1.0, 0.0]])  # order swapped, padding zeroed
     torch.testing.assert_close(model(x), model(swapped))

@@ -7,13 +7,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig, TrainingConfig
+from hepstream.config import FeaturesConfig, JaggedFeature, TrainingConfig
+from hepstream.model_kinds import MLPConfig
 from hepstream.models.learner import Learner
 
 
 def _learner(**model) -> Learner:
     features = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt"], length=2)])
-    return Learner(features, ModelConfig(name="t", **model), TrainingConfig(device="cpu", batch_size=16, seed=3))
+    return Learner(features, MLPConfig(name="t", **model), TrainingConfig(device="cpu", batch_size=16, seed=3))
 
 
 def _batch(seed: int, events: int = 40) -> tuple[pa.RecordBatch, np.ndarray]:

@@ -22,7 +22,8 @@ import pytest
 import torch
 import uvicorn
 
-from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig
+from hepstream.config import FeaturesConfig, JaggedFeature, ServeConfig
+from hepstream.model_kinds import MLPConfig
 from hepstream.models.features import BranchSpec, FeatureError, FeaturePipeline
 from hepstream.models.registry import build_model
 from hepstream.models.store import ModelStore
@@ -105,13 +106,18 @@ class StandinStore:
 def publish_real_version(root: str | Path, model: str, seed: int, classes: int = 2) -> int:
     """Publish an untrained MLP over MET_pt and two muons as hepstream.models' trainer would; its version."""
     features = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt"], length=2)])
-    network_config = ModelConfig(name=model, hidden=[8], classes=classes)
+    network_config = MLPConfig(name=model, hidden=[8], classes=classes)
     pipeline = FeaturePipeline(features)
     torch.manual_seed(seed)
     network = build_model(network_config, pipeline.n_features)
     meta = VersionMeta(events_seen=100 * seed, metrics={"auc": 0.5}, features=features.model_dump(mode="json"),
                        feature_state=pipeline.state_dict(), model=network_config.model_dump(mode="json"))
     return ModelStore(root, model).publish({"model": network.state_dict()}, meta, {"offsets": {}})
+
+
+def quick_settings(**sections) -> ServeConfig:
+    """Serve settings whose replicas look for new versions every 20 ms; ``sections`` as in the YAML file."""
+    return ServeConfig.model_validate({**sections, "versions": {"poll_interval_s": 0.02, **sections.get("versions", {})}})
 
 
 def wait_for(condition, timeout_s: float = 10.0, what: str = "condition"):
@@ -154,13 +160,13 @@ def store(tmp_path) -> StandinStore:
 
 @pytest.fixture
 def serve_standin(store):
-    """``serve_standin(**serve_keys)``: the app over the stand-in store on uvicorn, stopped after the test."""
+    """``serve_standin(replica, **serve_sections)``: the app over the stand-in store on uvicorn, stopped after the test."""
     from hepstream.serve.app import create_app
 
     started = []
 
-    def start(**overrides) -> ServedApp:
-        app = create_app(store, model_name="demo", **{"poll_interval_s": 0.02, **overrides})
+    def start(replica: str | None = None, **sections) -> ServedApp:
+        app = create_app(store, model_name="demo", settings=quick_settings(**sections), replica=replica)
         served = ServedApp(app).__enter__()
         served.app = app
         started.append(served)

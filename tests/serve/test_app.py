@@ -19,7 +19,7 @@ EVENTS = [
 
 @pytest.fixture
 def server(store, standins):
-    app = create_app(store, model_name="demo", poll_interval_s=0.02, max_events_per_request=5)
+    app = create_app(store, model_name="demo", settings=standins.quick_settings(http={"max_events_per_request": 5}))
     with standins.ServedApp(app) as served:
         served.watcher = app.state.watcher
         yield served

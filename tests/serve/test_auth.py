@@ -13,7 +13,7 @@ def served(serve_standin, store, standins, tmp_path, monkeypatch):
     tokens = tmp_path / "tokens"
     tokens.write_text("# operators\nfile-token-1\n\nfile-token-2  # the batch farm\n")
     monkeypatch.setenv("TEST_TOKENS", "env-token, other-env-token")
-    served = serve_standin(tokens_file=tokens, tokens_env="TEST_TOKENS")
+    served = serve_standin(auth={"tokens_file": tokens, "tokens_env": "TEST_TOKENS"})
     standins.serve_version(served, store, 1)
     return served
 
@@ -43,5 +43,5 @@ def test_health_is_open_and_everything_else_is_not(served):
 
 
 def test_a_tokens_file_that_cannot_be_read_stops_the_server_from_starting(serve_standin, tmp_path):
-    with pytest.raises(RuntimeError, match="tokens_file"):
-        serve_standin(tokens_file=tmp_path / "absent")
+    with pytest.raises(RuntimeError, match="serve.auth.tokens_file"):
+        serve_standin(auth={"tokens_file": tmp_path / "absent"})

@@ -1,8 +1,8 @@
-"""Serve's HAProxy and direct ingress: ``serve.haproxy`` answers through HAProxy, and the replica on its own port.
+"""Serve's HAProxy and direct ingress: ``serve.ray.haproxy`` answers through HAProxy, and the replica on its own port.
 
-Serve reads these flags when Ray starts, so this module starts a Ray of its
-own with :func:`ray_environment` in the environment, as ``hepstream serve``
-does.
+Serve reads these flags when Ray starts, so this module lets ``serving``
+start a Ray of its own with :func:`ray_environment` in the environment, as
+``hepstream serve`` does.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import pytest
 import ray
 import requests
 
-from hepstream.config import ServeConfig
-from hepstream.serve.app import serve_settings
-from hepstream.serve.deployment import ray_environment, start_serve, stop_serve
+from hepstream.config import ServeConfig, config_from_dict
+from hepstream.serve.deployment import ray_environment, serving
 from hepstream.stack.ports import free_port
 from tests.serve.test_real_store import EVENTS, local_scores
 
@@ -25,17 +24,19 @@ pytestmark = pytest.mark.integration
 
 def test_ray_environment_asks_for_ports_only_when_configured():
     assert ray_environment(ServeConfig()) == {"RAY_enable_metrics_collection": "0"}
-    assert ray_environment(ServeConfig(ray_metrics=True)) == {}
-    assert ray_environment(ServeConfig(direct_ingress_port=30100, replicas=2, ray_metrics=True)) == {
+    assert ray_environment(ServeConfig(ray={"metrics": True})) == {}
+    two = ServeConfig(ray={"direct_ingress_port": 30100, "metrics": True}, scaling={"replicas": 2})
+    assert ray_environment(two) == {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "30100",
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30103",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
-    autoscaled = ServeConfig(direct_ingress_port=30100, autoscaling={"min_replicas": 1, "max_replicas": 3})
+    autoscaled = ServeConfig(ray={"direct_ingress_port": 30100},
+                             scaling={"autoscaling": {"min_replicas": 1, "max_replicas": 3}})
     assert ray_environment(autoscaled)["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "30105"
 
 
 def test_haproxy_needs_the_replica_ports_and_runs_through_the_wrapper():
-    environment = ray_environment(ServeConfig(haproxy=True))
+    environment = ray_environment(ServeConfig(ray={"haproxy": True}))
     assert environment["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert (environment["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
             environment["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("30000", "30001")
@@ -49,13 +50,14 @@ def test_haproxy_and_the_replica_answer_as_the_app_does_and_only_on_loopback(tmp
     port, direct = free_port(), free_port()
     others = {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": free_port(), "RAY_SERVE_HAPROXY_STATS_PORT": free_port(),
               "RAY_SERVE_HAPROXY_METRICS_PORT": free_port()}
-    settings = serve_settings(port=port, direct_ingress_port=direct, haproxy=True, poll_interval_s=0.05)
-    for name, value in {**ray_environment(settings), **others, "HEPSTREAM_TOKENS": "s3cret",
-                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5"}.items():
+    config = config_from_dict({"store": {"path": str(root)}, "model": {"name": "demo"}, "serve": {
+        "http": {"port": port}, "ray": {"direct_ingress_port": direct, "haproxy": True},
+        "versions": {"poll_interval_s": 0.05}}})
+    for name, value in {**others, "HEPSTREAM_TOKENS": "s3cret", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5"
+                        }.items():
         monkeypatch.setenv(name, str(value))  # undone after the test; Ray's processes have it by then
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        haproxy_url = start_serve(root, "demo", settings)
+    assert not ray.is_initialized()
+    with serving(config, num_cpus=2, log_to_driver=False) as haproxy_url:
         direct_url = f"http://127.0.0.1:{direct}"
         assert haproxy_url == f"http://127.0.0.1:{port}"
         for url in (haproxy_url, direct_url):
@@ -75,10 +77,9 @@ def test_haproxy_and_the_replica_answer_as_the_app_does_and_only_on_loopback(tmp
         assert unauthorised.status_code == 401
 
         for bound in (port, direct, *others.values()):
-            assert _listening_addresses(bound) == {"0100007F"}, bound  # 127.0.0.1 only, as serve.host says
-    finally:
-        stop_serve()
-        ray.shutdown()
+            assert _listening_addresses(bound) == {"0100007F"}, bound  # 127.0.0.1 only, as serve.http.host says
+    assert not ray.is_initialized()  # serving started this Ray, and stopped it
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ  # and put the environment back
     standins.wait_for(lambda: not _listening_addresses(port), timeout_s=30, what="HAProxy to stop")
 
 

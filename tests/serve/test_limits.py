@@ -8,7 +8,7 @@ import requests
 
 @pytest.fixture
 def served(serve_standin, store, standins):
-    served = serve_standin(max_request_bytes=1000)
+    served = serve_standin(http={"max_request_bytes": 1000})
     standins.serve_version(served, store, 1)
     return served
 

@@ -15,7 +15,7 @@ CASES_PER_OPERATION = 75
 
 
 def test_no_generated_request_gets_a_5xx(serve_standin, store, standins):
-    served = serve_standin(max_events_per_request=1000)
+    served = serve_standin(http={"max_events_per_request": 1000})
     standins.serve_version(served, store, 1, weight=0.5)
     standins.serve_version(served, store, 2, weight=0.1)
     schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")

@@ -28,7 +28,7 @@ def test_scores_are_a_friend_tree_aligned_by_run_and_event(tmp_path, standins):
     root = tmp_path / "store"
     version = standins.publish_real_version(root, "demo", seed=4)
     write_events(tmp_path / "events.root")
-    app = create_app(ModelStore(root, "demo"), model_name="demo", poll_interval_s=0.02)
+    app = create_app(ModelStore(root, "demo"), model_name="demo", settings=standins.quick_settings())
     with standins.ServedApp(app) as server:
         standins.wait_for(lambda: app.state.watcher.current is not None, what="the first version")
         status = main(["predict", "--url", server.url, str(tmp_path / "events.root"),

@@ -26,7 +26,7 @@ def local_scores(root, version):
 def test_real_versions_are_served_swapped_and_checked(tmp_path, standins):
     root = tmp_path / "store"
     standins.publish_real_version(root, "demo", seed=1)
-    app = create_app(ModelStore(root, "demo"), model_name="demo", poll_interval_s=0.02)
+    app = create_app(ModelStore(root, "demo"), model_name="demo", settings=standins.quick_settings())
     with standins.ServedApp(app) as server:
         predict = f"{server.url}/v1/models/demo/predict"
         standins.wait_for(lambda: requests.get(f"{server.url}/v1/health/ready", timeout=5).ok, what="version 1")
@@ -62,7 +62,7 @@ def test_multi_class_models_answer_one_probability_per_class(tmp_path, standins)
     model = ModelStore(root, "tri").load(1)
     expected = model.predict(parse_events(json.dumps({"events": EVENTS}), model.inputs, 10))
     assert expected.shape == (3, 3)
-    app = create_app(ModelStore(root, "tri"), model_name="tri", poll_interval_s=0.02)
+    app = create_app(ModelStore(root, "tri"), model_name="tri", settings=standins.quick_settings())
     with standins.ServedApp(app) as server:
         standins.wait_for(lambda: requests.get(f"{server.url}/v1/health/ready", timeout=5).ok, what="version 1")
         answer = requests.post(f"{server.url}/v1/models/tri/predict", json={"events": EVENTS}, timeout=10).json()

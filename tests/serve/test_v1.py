@@ -18,7 +18,7 @@ COLUMNS = {"MET_pt": [e["MET_pt"] for e in EVENTS], "Muon_pt": [e["Muon_pt"] for
 
 @pytest.fixture
 def served(serve_standin, store, standins):
-    served = serve_standin(max_events_per_request=5)
+    served = serve_standin(http={"max_events_per_request": 5})
     standins.serve_version(served, store, 1, weight=0.5)
     return served
 
