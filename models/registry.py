@@ -41,11 +41,3 @@ def build_estimator(config: ModelConfig, features: FeaturePipeline, training: Tr
         return build_user(config.factory, features.layout, config.classes, config.options, training)
     raise ValueError(f"model.kind {config.kind!r} is not known; known kinds: {KINDS}")
 
-
-def build_model(config: ModelConfig, n_features: int):
-    """The bare torch network of an ``mlp`` config, for callers that publish weights themselves (tests/serve)."""
-    from hepstream.models.mlp import MLP
-
-    if config.kind != "mlp":
-        raise ValueError(f"build_model builds mlp networks only, not {config.kind!r}; use build_estimator")
-    return MLP(n_features, config.hidden, config.dropout, 1 if config.classes == 2 else config.classes)

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 import uvicorn
 
-from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig
+from hepstream.config import FeaturesConfig, JaggedFeature, ModelConfig, TrainingConfig
 from hepstream.models.features import BranchSpec, FeatureError, FeaturePipeline
-from hepstream.models.registry import build_model
+from hepstream.models.registry import build_estimator
 from hepstream.models.store import ModelStore
 
 INPUTS = [BranchSpec("MET_pt", False), BranchSpec("Muon_pt", True)]
@@ -105,8 +104,7 @@ def publish_real_version(root: str | Path, model: str, seed: int, classes: int =
     features = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt"], length=2)])
     network_config = ModelConfig(name=model, hidden=[8], classes=classes)
     pipeline = FeaturePipeline(features)
-    torch.manual_seed(seed)
-    network = build_model(network_config, pipeline.n_features)
+    network = build_estimator(network_config, pipeline, TrainingConfig(seed=seed, device="cpu")).module
     meta = {"parent": None, "events_seen": 100 * seed, "metrics": {"auc": 0.5},
             "features": features.model_dump(mode="json"), "feature_state": pipeline.state_dict(),
             "model": network_config.model_dump(mode="json")}
