@@ -126,8 +126,8 @@ class Learner:
             self._rng.bit_generator.state = group.state["rng"]
 
     def learn_features(self, x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None):
-        """Learn from a ready feature matrix (the in-memory benchmark calls this directly); returns what the
-        estimator's ``learn`` returns."""
+        """Learn from a feature matrix already made (by :meth:`prepare_group`, or by a caller holding its events
+        in memory), without scoring or metrics; returns what the estimator's ``learn`` returns."""
         scores = self.estimator.learn(x, labels, weights)
         self.events_seen += len(x)
         return scores

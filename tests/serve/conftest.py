@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 import uvicorn
 
-from hepstream.config import FeaturesConfig, JaggedFeature, ServeConfig
+from hepstream.config import FeaturesConfig, JaggedFeature, ServeConfig, TrainingConfig
 from hepstream.model_kinds import MLPConfig
 from hepstream.models.features import BranchSpec, FeatureError, FeaturePipeline
-from hepstream.models.registry import build_model
+from hepstream.models.registry import build_estimator
 from hepstream.models.store import ModelStore
 from hepstream.models.version_meta import VersionMeta
 
@@ -108,8 +107,7 @@ def publish_real_version(root: str | Path, model: str, seed: int, classes: int =
     features = FeaturesConfig(flat=["MET_pt"], jagged=[JaggedFeature(branches=["Muon_pt"], length=2)])
     network_config = MLPConfig(name=model, hidden=[8], classes=classes)
     pipeline = FeaturePipeline(features)
-    torch.manual_seed(seed)
-    network = build_model(network_config, pipeline.n_features)
+    network = build_estimator(network_config, pipeline, TrainingConfig(seed=seed, device="cpu")).module
     meta = VersionMeta(events_seen=100 * seed, metrics={"auc": 0.5}, features=features.model_dump(mode="json"),
                        feature_state=pipeline.state_dict(), model=network_config.model_dump(mode="json"))
     return ModelStore(root, model).publish({"model": network.state_dict()}, meta, {"offsets": {}})

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hepstream.benchmarks.common import call_python
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ def _raw_read(paths: list[str], config) -> tuple[int, float, int]:
     return events, time.perf_counter() - started, len(branches)
 
 
-def _child(config_json: str, bootstrap: str, repeat: int) -> None:
+def publish_in_child(config: dict, bootstrap: str, repeat: int) -> None:
     """Publish the input ``repeat`` times in one process and print the figures and its own peak RSS.
 
     Repeating the run, rather than listing the files ten times, is what
@@ -73,9 +73,8 @@ def _child(config_json: str, bootstrap: str, repeat: int) -> None:
     from hepstream.config import config_from_dict
     from hepstream.streaming.producer import Producer, tune_malloc_for_chunks
 
-    config = config_from_dict(json.loads(config_json))
     tune_malloc_for_chunks()  # as `hepstream produce` does
-    producer = Producer(config, bootstrap)
+    producer = Producer(config_from_dict(config), bootstrap)
     reports = [producer.run() for _ in range(repeat)]
     producer.close()
     print(json.dumps({"events": sum(r.events for r in reports), "bytes": sum(r.bytes for r in reports),
@@ -92,45 +91,55 @@ def _produce(bootstrap: str, name: str, urls: list[str], compression: str, args,
         "kafka": {"compression": compression, "partitions": 4, "max_message_bytes": "8 MB", "linger_ms": 5},
         "producer": {"step_size": args.step_size, "max_chunk_events": 1_000_000, "files_in_flight": args.files_in_flight},
     }
-    code = f"from hepstream.streaming.bench import _child; _child({json.dumps(json.dumps(data))}, {bootstrap!r}, {repeat})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    figures = call_python(publish_in_child, data, bootstrap, repeat)
     drop_topic(bootstrap, f"{name}.events", KafkaConfig())  # the embedded broker keeps topics in memory
     return figures
 
 
 def run(args) -> dict:
-    from hepstream.config import config_from_dict
     from hepstream.stack.broker import EmbeddedBroker
 
     paths = _inputs(args)
+    result = _raw_read_figures(paths, args)
+    with EmbeddedBroker() as broker:
+        by_codec = {codec: _codec_figures(_produce(broker.bootstrap, f"bench-{codec}", paths, codec, args))
+                    for codec in args.compressions.split(",")}
+        best = max(by_codec, key=lambda c: by_codec[c]["events_per_s"])
+        ten_x = _produce(broker.bootstrap, "bench-10x", paths, best, args, repeat=10)
+    result.update(_headline(by_codec, best, ten_x, result["raw_read_events_per_s"]))
+    return result
+
+
+def _raw_read_figures(paths: list[str], args) -> dict:
+    from hepstream.config import config_from_dict
+
     config = config_from_dict({"producer": {"step_size": args.step_size, "max_chunk_events": 1_000_000},
                                "kafka": {"max_message_bytes": "8 MB"}})
     for path in paths:  # both sides read from the page cache, so neither pays the disk for the other
         Path(path).read_bytes()
     raw_events, raw_s, branches = _raw_read(paths, config)
-    result = {"events": raw_events, "branches": branches, "files": len(paths), "cpus": os.cpu_count(),
-              "raw_read_events_per_s": round(raw_events / raw_s)}
-    with EmbeddedBroker() as broker:
-        by_codec = {}
-        for codec in args.compressions.split(","):
-            figures = _produce(broker.bootstrap, f"bench-{codec}", paths, codec, args)
-            by_codec[codec] = {"events_per_s": round(figures["events"] / figures["elapsed_s"]),
-                               "mb_per_s": round(figures["bytes"] / figures["elapsed_s"] / 1e6, 1),
-                               "mb_sent": round(figures["bytes"] / 1e6, 1), "rss_mb": round(figures["rss_mb"], 1),
-                               "failed_files": figures["failed"]}
-        best = max(by_codec, key=lambda c: by_codec[c]["events_per_s"])
-        ten_x = _produce(broker.bootstrap, "bench-10x", paths, best, args, repeat=10)
+    return {"events": raw_events, "branches": branches, "files": len(paths), "cpus": os.cpu_count(),
+            "raw_read_events_per_s": round(raw_events / raw_s)}
+
+
+def _codec_figures(figures: dict) -> dict:
+    return {"events_per_s": round(figures["events"] / figures["elapsed_s"]),
+            "mb_per_s": round(figures["bytes"] / figures["elapsed_s"] / 1e6, 1),
+            "mb_sent": round(figures["bytes"] / 1e6, 1), "rss_mb": round(figures["rss_mb"], 1),
+            "failed_files": figures["failed"]}
+
+
+def _headline(by_codec: dict, best: str, ten_x: dict, raw_read_events_per_s: int) -> dict:
+    """The fastest compression's figures, against the raw read and against 10x the input."""
     rss_1x = by_codec[best]["rss_mb"]
-    result.update({
+    return {
         "compression": best,
         "produce_events_per_s": by_codec[best]["events_per_s"],
         "produce_mb_per_s": by_codec[best]["mb_per_s"],
-        "ratio_vs_raw_read": round(by_codec[best]["events_per_s"] / result["raw_read_events_per_s"], 3),
+        "ratio_vs_raw_read": round(by_codec[best]["events_per_s"] / raw_read_events_per_s, 3),
         "rss_mb_1x": rss_1x,
         "rss_mb_10x": round(ten_x["rss_mb"], 1),
         "rss_ratio_10x_vs_1x": round(ten_x["rss_mb"] / rss_1x, 3),
         "events_10x": ten_x["events"],
         "by_compression": by_codec,
-    })
-    return result
+    }

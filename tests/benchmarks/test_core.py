@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from hepstream.models.bench_core import _records, core_trainer, learn_records
+from hepstream.benchmarks.core import core_trainer, kafka_records, learn_records
 from hepstream.models.checks import FEATURES, synthetic_events
 
 
@@ -19,8 +19,8 @@ def _one_class_batches(rng, count):
 
 def test_every_group_after_the_warm_up_is_learned_once_with_its_read_ahead_state(tmp_path):
     batches, labels = _one_class_batches(np.random.default_rng(0), 12)
-    records = _records(batches, labels)
-    trainer = core_trainer(tmp_path, {"device": "cpu", "batch_size": 64, "learning_rate": 0.01}, features=FEATURES)
+    records = kafka_records(batches, labels)
+    trainer = core_trainer(tmp_path, {"device": "cpu", "batch_size": 64, "learning_rate": 0.01}, feature_spec=FEATURES)
     learned, seconds = learn_records(trainer, [records[i : i + 4] for i in range(0, 12, 4)], seconds=60)
     events = sum(b.num_rows for b in batches)
     assert learned == events - sum(b.num_rows for b in batches[:4])  # the first group warms up, untimed
