@@ -60,8 +60,9 @@ class Datatype:
         return f"numbers up to ±{float(np.finfo(self.dtype).max):.8g}"
 
     def from_json(self, values: Sequence[Any], locate: FieldAt, status: int) -> np.ndarray:
-        """JSON values declared of this type, as float64; NaN and infinities pass for floating types."""
-        kinds = {"b": {bool}, "i": {int}, "u": {int}, "f": {int, float}}[self.dtype.kind]  # bool is no int here
+        """JSON values declared of this type, as float64; null (as NaN) and infinities pass for floating types."""
+        # bool is no int here; JSON has no NaN, so a floating tensor's padding is null
+        kinds = {"b": {bool}, "i": {int}, "u": {int}, "f": {int, float, type(None)}}[self.dtype.kind]
         if not set(map(type, values)) <= kinds:
             index = next(i for i, value in enumerate(values) if type(value) not in kinds)
             raise self._refused(values[index], "is not", locate(index), status)

@@ -101,10 +101,14 @@ def test_fp64_takes_every_finite_double_and_refuses_integers_beyond():
     assert "(401 characters)" in error.message  # the value is shown cut, not with all its digits
 
 
-@pytest.mark.parametrize("value, words", [(True, "true is not FP32"), ("1.0", '"1.0" is not FP32'),
-                                          (None, "null is not FP32")])
+@pytest.mark.parametrize("value, words", [(True, "true is not FP32"), ("1.0", '"1.0" is not FP32')])
 def test_a_floating_type_takes_json_numbers_only(value, words):
     assert words in refusal("FP32", [1.0, value]).message
+
+
+def test_null_is_the_padding_of_a_floating_tensor_in_strict_json():
+    assert np.isnan(DATATYPES["FP32"].from_json([1.0, None], at, 400)[1])
+    assert "null is not INT32" in refusal("INT32", [1, None]).message
 
 
 def test_nan_and_infinities_are_left_to_the_finiteness_check():
