@@ -1,4 +1,4 @@
-"""Messages whose Arrow batch decodes but whose buffers lie never stop training, now or after a restart."""
+"""Fault suite: messages whose Arrow batch decodes but whose buffers lie never stop training, now or after a restart."""
 
 import pyarrow as pa
 import pytest
