@@ -85,8 +85,8 @@ def awkward_to_batch(array: ak.Array) -> pa.RecordBatch:
     to Arrow directly, sharing awkward's buffers (only jagged offsets are
     narrowed to 32 bits); ``ak.to_arrow_table`` takes anything else. Both give
     the same batch, schema and metadata included, so the same message bytes:
-    the direct route only skips per-column Python work (on NanoAOD-like
-    chunks, 4 ms instead of 10 ms per 125,000 events, some 8 % of reading).
+    the direct route only skips per-column Python work, which on NanoAOD-like
+    chunks is a share of reading worth saving (figures in ``docs/producing.md``).
     """
     direct = _numeric_record_batch(array.layout)
     if direct is not None:
@@ -144,8 +144,8 @@ def _numeric_record_batch(layout) -> pa.RecordBatch | None:
 
 
 # lz4 at level -1, its first acceleration step: on NanoAOD-like chunks the same size as the default level for
-# about 11 % less CPU. Without Arrow's thread pool: a producer's reader threads already keep the cores busy,
-# and handing each column to the pool cost about 25 % more CPU for the same bytes on 2 cores.
+# less CPU. Without Arrow's thread pool: a producer's reader threads already keep the cores busy, and handing
+# each column to the pool costs more CPU for the same bytes (figures in docs/producing.md).
 _IPC_OPTIONS = {
     "none": pa.ipc.IpcWriteOptions(compression=None, use_threads=False),
     "lz4": pa.ipc.IpcWriteOptions(compression=pa.Codec("lz4", compression_level=-1), use_threads=False),
@@ -161,8 +161,8 @@ def encode(chunk: Chunk, compression: str | None = "zstd") -> tuple[bytes, memor
     into a ``bytes`` object would hold the GIL the reader threads need.
     """
     # Written by Arrow without the GIL and handed on without a copy. From the system allocator, not Arrow's
-    # pool: a producer's message buffers then go back to the system once Kafka has copied them (in
-    # `hepstream bench produce`, about 30 MB less peak memory for 2 % more CPU).
+    # pool: a producer's message buffers then go back to the system once Kafka has copied them (a lower peak
+    # memory for a little more CPU; figures in docs/producing.md).
     sink = pa.BufferOutputStream(memory_pool=pa.system_memory_pool())
     try:
         options = _IPC_OPTIONS[compression or "none"]

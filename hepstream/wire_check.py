@@ -6,9 +6,9 @@ past their child can crash a consumer or read other memory, and would do so
 again on every restart from the same offset. So :func:`wire.decode` checks
 every column with Arrow's full validation (offsets monotone and inside their
 child, child and validity buffers as long as the lengths say, UTF-8 valid)
-and allows only the Arrow types the producer emits. Full validation costs a
-tenth of a millisecond per 2 MB chunk (figures in ``docs/wire-format.md``),
-so nothing less is checked.
+and allows only the Arrow types the producer emits. Full validation costs
+little beside decoding (figures in ``docs/wire-format.md``), so nothing less
+is checked.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """One training step of a torch model captured as a CUDA graph, replayed for every full minibatch.
 
 A step of a small model on a GPU costs far more in kernel launches and Python
-than in GPU work: on an H100 the [64, 64] MLP's step took 1.3 ms at batch
-512 while the GPU was busy for about 0.1 ms of it. Replaying a captured graph
+than in GPU work: at small batches the GPU idles through most of the [64, 64]
+MLP's step (figures in ``docs/training.md``). Replaying a captured graph
 launches the whole step (forward, loss, backward, fused Adam) as one unit.
 
 The graph reads its inputs from buffers of its own and updates the model's

@@ -40,7 +40,7 @@ from hepstream.config import Config
 from hepstream.kafka import topic_partitions
 from hepstream.models.grouping import GroupPoller
 from hepstream.models.metrics import PrequentialMetrics
-from hepstream.models.position import COUNTERS
+from hepstream.models.position import COUNTERS, Position
 from hepstream.models.store import ModelStore
 from hepstream.models.trainer import StreamTrainer
 from hepstream.models.trainer_status import TrainerStatus
@@ -190,10 +190,8 @@ class RoundWorker:
         """What this worker adds to a version; its dead letters are stored before its offsets are recorded."""
         trainer, position = self.trainer, self.position
         trainer.flush_dead_letters()
-        return {"offsets": dict(position.offsets), "epoch_start": dict(position.epoch_start),
-                "seen_keys": position.seen_keys, "counters": dict(position.counters),
-                "metrics": trainer.learner.metrics, "since_checkpoint": trainer.learner.since_checkpoint,
-                "drift": trainer.learner.drift.summary()}
+        return {**position.snapshot(), "metrics": trainer.learner.metrics,
+                "since_checkpoint": trainer.learner.since_checkpoint, "drift": trainer.learner.drift.summary()}
 
     def checkpoint_parts(self) -> tuple[dict, VersionMeta, dict, str]:
         model_state, meta, state, checkpoint = self.trainer.checkpoint_parts()
@@ -299,17 +297,15 @@ class DataParallelTrainer:
         """Publish the state between two rounds as one version of the lineage, then let workers commit to Kafka."""
         shares = self.pool.call("share")
         model_state, meta, state, checkpoint = self.pool.call_one(0, "checkpoint_parts")
-        offsets = {str(p): o for share in shares for p, o in sorted(share["offsets"].items())}
-        counters = self._counters(shares)
+        merged = Position.merged(self.config.dataset.topic, shares, self.base_counters).snapshot()
+        offsets, counters = merged["offsets"], merged["counters"]
         self.metrics = {**PrequentialMetrics.merged([s["metrics"] for s in shares]).summary(),
                         "drift": merged_drift([s["drift"] for s in shares])}
         meta = replace(meta, parent=self.version, metrics=self.metrics, offsets=offsets, counters=counters,
                        version_metrics=PrequentialMetrics.merged([s["since_checkpoint"] for s in shares]).summary(),
                        workers=[{"partitions": split, "events_this_run": s["counters"]["events_trained"]}
                                 for split, s in zip(self.splits, shares)])
-        state.update(offsets=offsets, counters=counters,
-                     epoch_start={str(p): o for share in shares for p, o in share["epoch_start"].items()},
-                     seen_keys=sorted(set().union(*(share["seen_keys"] for share in shares))))
+        state.update(merged)
         self.version = self.store.publish(model_state, meta, state, checkpoint)
         self._published_offsets = {int(p): o for p, o in offsets.items()}
         self.pool.call("checkpointed", self.version)

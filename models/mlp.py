@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 
-FUSED_MIN_ROWS = 4096  # below this torch's own kernels are faster (4096 rows: 1.91-2.00 ms fused, 2.27 eager)
+FUSED_MIN_ROWS = 4096  # below this torch's own kernels are faster (figures in docs/http-api.md)
 
 
 @functools.cache  # a property of the torch build; asked on every big forward pass
@@ -23,8 +23,8 @@ class DenseStack(nn.Sequential):
     To score a big batch, each linear layer and the ReLU after it run as one
     oneDNN kernel that adds the bias and applies the ReLU while the product is
     still in cache, instead of a matrix product and then two more passes over
-    activations too big for the cache. A server's forward pass over 10k
-    events ([64, 64], one thread) took 4.6-4.8 ms instead of 6.0.
+    activations too big for the cache, which shortens a server's forward
+    pass over a big batch (figures in ``docs/http-api.md``).
 
     Only scoring takes that path: no gradient, weights on the CPU in float32,
     at least ``FUSED_MIN_ROWS`` rows, no autocast, not while tracing or
@@ -70,9 +70,8 @@ def dense_layers(widths: list[int], dropout: float = 0.0, last_activation: bool 
 
     The ReLUs work in place: each overwrites the activations the linear layer
     before it has just made, which nothing else reads (backward needs a linear
-    layer's input, not its output), instead of writing a copy. The server's
-    forward pass got 7-10 % faster (10k events, [64, 64], one thread: 4.3-5.2
-    against 5.0-6.1 ms).
+    layer's input, not its output), instead of writing a copy, which makes
+    the server's forward pass faster (figures in ``docs/http-api.md``).
 
     >>> dense_layers([4, 8, 1])
     DenseStack(

@@ -11,7 +11,7 @@ for monitoring.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from hepstream.kafka import commit_request
 
@@ -58,6 +58,37 @@ class Position:
         self.epoch = int(state.get("epoch", 0))
         self.seen_keys = set(state["seen_keys"])
         self.counters.update(state["counters"])
+
+    @classmethod
+    def merged(cls, topic: str, snapshots: Iterable[dict], counted_before: Mapping[str, int] | None = None) -> Position:
+        """One position from the :meth:`snapshot`\\ s of data-parallel workers, each owning its own partitions.
+
+        A version of the lineage must resume every worker where it stood, so
+        offsets, epoch starts and chunk keys are taken side by side; the
+        counters add up, on top of ``counted_before`` (the totals of the
+        version the workers resumed from, since each worker counts from its
+        own start). Workers share their epoch: the furthest one is kept. Keys
+        of a snapshot other than a position's (a worker's metrics) are ignored.
+
+        >>> one, two = Position("t"), Position("t")
+        >>> one.start_at({0: 4}); two.start_at({1: 0})
+        >>> one.advance(0, 9); one.learned(["a"], events=10); two.learned(["b"], events=5)
+        >>> both = Position.merged("t", [one.snapshot(), two.snapshot()], {"events_trained": 100})
+        >>> both.offsets, both.epoch_start, sorted(both.seen_keys), both.counters["events_trained"]
+        ({0: 10, 1: 0}, {0: 4, 1: 0}, ['a', 'b'], 115)
+        """
+        merged = cls(topic)
+        merged.counters.update(counted_before or {})
+        for snapshot in snapshots:
+            part = cls(topic)
+            part.restore(snapshot)
+            merged.offsets.update(part.offsets)
+            merged.epoch_start.update(part.epoch_start)
+            merged.epoch = max(merged.epoch, part.epoch)
+            merged.seen_keys |= part.seen_keys
+            for name, count in part.counters.items():
+                merged.counters[name] = merged.counters.get(name, 0) + count
+        return merged
 
     def unstarted(self, partitions: Iterable[int]) -> list[int]:
         """Those of ``partitions`` with no offset yet: ``training.start`` decides where they begin."""

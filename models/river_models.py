@@ -4,9 +4,9 @@ River learns from dicts of named features; the feature matrix's columns get
 the pipeline's names (``Muon_pt[0]``, ...). Models with ``learn_many``
 (logistic regression) learn a whole batch as one pandas DataFrame; the tree
 models only have ``learn_one`` in river 0.26, so they learn event by event
-through an adapter (thousands of events/s, not millions: they suit smaller or
-slower streams). A checkpoint is the model as JSON (:mod:`~hepstream.models.river_state`),
-never a pickle.
+through an adapter (orders of magnitude slower than the torch models, figures
+in ``docs/training.md``: they suit smaller or slower streams). A checkpoint is
+the model as JSON (:mod:`~hepstream.models.river_state`), never a pickle.
 """
 
 from __future__ import annotations

@@ -36,13 +36,13 @@ class TorchEstimator:
         self.module = module.to(self.device)
         self.classes = classes
         self.batch_size = training.batch_size
-        # Fused Adam: one kernel per step instead of a Python loop over the parameters (a [64, 64] MLP learned
-        # 100k events at 190-211k events/s with the default, 259-291k fused, one CPU thread).
+        # Fused Adam: one kernel per step instead of a Python loop over the parameters, faster on one CPU thread
+        # too (figures in docs/training.md).
         self.mixed_precision = training.mixed_precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mixed_precision and self.device.type == "cuda")
         # Without dropout or batch norm the training forward pass scores as predict_proba would, so learn()
         # can hand back the scores each event had just before its step: test-then-train without a second
-        # forward pass (which cost about 9 % of a training step in bench train).
+        # forward pass (a share of each training step worth saving; figures in docs/training.md).
         self.scores_while_learning = not any(isinstance(m, _TRAIN_ONLY) for m in self.module.modules())
         # Full minibatches replay a captured step (models/cuda_graph.py): on CUDA, for models scored while
         # learning, in full precision (the gradient scaler's checks would stop the graph). Elsewhere ignored.

@@ -91,10 +91,9 @@ def use_compute_threads(threads: int) -> None:
     """Give torch ``training.threads`` intra-op threads in this process, and numpy's BLAS as many.
 
     Torch's default, one thread per core, collapses when the cores are shared with the broker, the
-    read-ahead thread or other trainers: its threads spin waiting for each other. Learning 100k events
-    on 2 busy cores (load 11) ran at 72k events/s with one thread and at 3-7k events/s with two.
-    OpenBLAS does the same after any numpy call that reaches it (a user's model, a derived feature):
-    its idle threads spun for 26 % of the wall time of `hepstream bench train`, beside the trainer.
+    read-ahead thread or other trainers: its threads spin waiting for each other, and learning slows by
+    an order of magnitude. OpenBLAS does the same after any numpy call that reaches it (a user's model,
+    a derived feature): its idle threads spin beside the trainer. Figures in docs/training.md.
     """
     import torch
     from threadpoolctl import threadpool_limits

@@ -4,8 +4,9 @@ A client that already holds columns (uproot, awkward, pandas, Arrow in C++ or
 Java) sends them as one Arrow IPC stream (``application/vnd.apache.arrow.stream``)
 and gets the scores back the same way: a stream with one ``score`` column in the
 order of the events, the model and version in its schema metadata. No JSON is
-built or parsed on either side: a stream of 10k events is read and checked in
-about a millisecond and a quarter, where the model's forward pass takes 5 ms.
+built or parsed on either side: reading and checking a stream costs a
+fraction of the model's forward pass over the same events (figures in
+``docs/http-api.md``).
 
 The body comes from an untrusted client, so the stream is read with Arrow's
 own reader (no pickle: extension types are not unpickled) and each column is

@@ -53,9 +53,9 @@ def tune_malloc_for_batches() -> None:
 
     Scoring 10k events allocates buffers of 1-3 MB (the feature matrix, each
     layer's activations) from worker threads. With glibc's defaults each
-    such buffer was fresh pages for the kernel, about 2,300 page faults per
-    request in a Serve replica (10k-event Arrow requests, 2 clients); with
-    these settings 10-20. The arena cap bounds what the 32 MB threshold and
+    such buffer was fresh pages for the kernel, thousands of page faults per
+    request in a Serve replica; with these settings a few (figures in
+    ``docs/http-api.md``). The arena cap bounds what the 32 MB threshold and
     64 MB trim let the worker threads keep. See :mod:`hepstream.malloc`.
     """
     tune_malloc(arenas=4, mmap_threshold=32 << 20, trim_threshold=64 << 20)
@@ -87,8 +87,8 @@ class Serving:
         Starlette's threadpool goes through anyio, whose idle threads are kept
         per asyncio task context; inside Ray Serve every request had a new
         thread, and each new thread sets up torch's and glibc's per-thread
-        state again: a 10k-event forward pass took 9.8-11.5 ms on a new
-        thread per call against 7.4-7.6 ms on a pooled one (2 cores).
+        state again, which made every forward pass slower than on a pooled
+        thread (figures in ``docs/http-api.md``).
         """
         return await asyncio.get_running_loop().run_in_executor(self._workers, functools.partial(function, *args))
 
@@ -164,15 +164,11 @@ class Serving:
     async def score_many_soon(self, jobs: Sequence[tuple[LoadedModel, pa.RecordBatch]]) -> list[Result]:
         """:meth:`score_many`: at once for at most ``SCORE_ON_LOOP_EVENTS`` events, else in a worker thread.
 
-        A few events score in about a millisecond, less than handing them to a
-        thread and back costs (bare uvicorn, single-event JSON at concurrency
-        8, 2 cores: 208 requests/s through a thread, 291 and 313 on the loop).
-        Big batches go to a thread, so the event loop goes on parsing the next
-        requests meanwhile: torch and Arrow release the GIL, and a big batch and
-        the parsing of the next one share both cores instead of taking turns
-        (bare uvicorn, 10k events per Arrow request, 2 at once, 3 runs on 2
-        busy cores: 75k, 100k, 49k events/s scored on the loop; 385k, 280k,
-        244k in a thread).
+        A few events score faster than handing them to a thread and back
+        costs. Big batches go to a thread, so the event loop goes on parsing
+        the next requests meanwhile: torch and Arrow release the GIL, and a
+        big batch and the parsing of the next one share the cores instead of
+        taking turns. Figures in ``docs/http-api.md``.
         """
         if sum(batch.num_rows for _model, batch in jobs) <= SCORE_ON_LOOP_EVENTS:
             return self.score_many(jobs)

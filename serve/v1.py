@@ -33,8 +33,7 @@ if TYPE_CHECKING:
 
 VERSION_HEADER = "X-Model-Version"
 # Bodies up to this size are parsed on the event loop: a hop to a worker thread costs more than parsing a
-# few events, and the GIL parses one request at a time anyway (single-event requests at concurrency 8, 2 busy
-# cores: bare uvicorn 195, 249, 259 -> 225, 275, 259 requests/s; Serve's direct ingress 157, 173 -> 206, 202).
+# few events, and the GIL parses one request at a time anyway (figures in docs/http-api.md).
 PARSE_ON_LOOP_BYTES = 16 * 1024
 _NUMBER = FEATURE_NUMBER
 _NUMBERS = {"type": "array", "items": _NUMBER}

@@ -45,10 +45,10 @@ def _freeze_long_lived_objects() -> None:
     """Leave the objects that exist once a first model is loaded out of every later garbage collection.
 
     A server's modules, app and model live as long as it does, but Python's
-    full collections walk them all each time: about 120k objects in a replica,
-    a 40-55 ms pause on 2 cores that every request in flight waits out, once
-    every few seconds under load (bench serve: the slowest request of each
-    phase, 70-80 ms, with or without swaps). Ray Serve freezes what exists
+    full collections walk them all each time: a pause that every request in
+    flight waits out, once every few seconds under load, and the slowest
+    request of a load whether versions swap or not (figures in
+    ``docs/http-api.md``). Ray Serve freezes what exists
     after a replica's constructor; the first load imports the model's code
     and builds the app's remaining state, so freezing again here covers them.
     """

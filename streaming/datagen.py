@@ -38,8 +38,8 @@ F32 = np.float32
 _BLOCK = 1 << 17  # events per random stream and per TTree.extend: bounds memory
 _EVENTS_PER_LUMI = 1000
 _WORKERS = min(4, os.cpu_count() or 1)
-# LZ4: ~25% smaller than uncompressed for ~25% more write time; ZSTD(1) halves
-# the size but doubles the write time, which then costs as much as generating.
+# LZ4: smaller than uncompressed for a little more write time; ZSTD(1) is smaller still, but its write time
+# then costs as much as generating (figures in docs/producing.md).
 _COMPRESSION = uproot.LZ4(1)
 _BRANCHES = {  # records become NanoAOD collections: counter nMuon, branches Muon_pt, ...
     "run": np.uint32, "luminosityBlock": np.uint32, "event": np.uint64,

@@ -56,14 +56,12 @@ def tune_malloc_for_chunks(arenas: int = 2, mmap_threshold: int = 4 << 20) -> No
     time such a buffer is freed, after which they come from the heap and the
     holes they leave fragment it; and every reader thread gets an arena of
     its own that caches freed chunks. A fixed mmap threshold returns every
-    large buffer to the system when freed, and a cap bounds the arenas. In
-    ``hepstream bench produce`` (2 cores) the peak RSS at ten times the input
-    was 15-20 % above the 1x figure without these settings, 11-18 % with the
-    arena cap alone and 6-11 % with both. The threshold is 4 MB, not lower:
-    each mmap'd buffer is fresh pages the kernel must fault in and zero, and
-    at 1 MB publishing 20M events took 1.27M page faults and 4.6 s of system
-    time against 0.50M and 3.0 s at 4 MB (1.04M against 1.11M events/s, peak
-    RSS 308 against 315 MB). A process-wide setting, so the producer's entry
+    large buffer to the system when freed, and a cap bounds the arenas: with
+    both, publishing ten times as much raises the peak RSS least. The
+    threshold is 4 MB, not lower: each mmap'd buffer is fresh pages the
+    kernel must fault in and zero, and a lower threshold cost more system
+    time and events/s than the little peak memory it saved (figures in
+    ``docs/producing.md``). A process-wide setting, so the producer's entry
     points (``hepstream produce``, the benchmark) call it, not the library
     class.
     """

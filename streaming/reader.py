@@ -94,8 +94,8 @@ def _nearest(name: str, names) -> str:
 
 def _open_tree(source: Source, timeout_s: float):
     # Local files through plain reads, not fsspec's default route through an event loop thread: a raw uproot
-    # loop over the benchmark's files ran 5-10 % faster (and not a memory map, whose resident pages would grow
-    # with the file).
+    # loop over the benchmark's files ran faster (docs/producing.md); and not a memory map, whose resident
+    # pages would grow with the file.
     local = {} if is_remote(source.url) else {"handler": uproot.source.file.MultithreadedFileSource}
     try:
         # Each basket is read once, so uproot's caches would only hold memory. XRootD takes whole seconds.

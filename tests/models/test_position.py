@@ -58,3 +58,26 @@ def test_the_commit_request_names_the_topic_and_the_next_offsets():
     request = position.commit_request()
     assert {tp: meta.offset for tp, meta in request.items()} == {TopicPartition("t.events", 0): 0,
                                                                  TopicPartition("t.events", 1): 42}
+
+
+def test_workers_snapshots_merge_side_by_side_and_their_counters_add_up():
+    one, two = Position("t.events"), Position("t.events")
+    one.restore(WRITTEN)
+    one.own([0])
+    one.reset_counters()
+    one.learned(["c"], events=40)
+    two.start_at({3: 5})
+    two.advance(3, 8)
+    two.count("bad_messages")
+    merged = Position.merged("t.events", [{**one.snapshot(), "metrics": "ignored"}, two.snapshot()],
+                             counted_before=WRITTEN["counters"])
+    assert merged.topic == "t.events" and merged.epoch == 1
+    assert merged.offsets == {0: 12, 3: 9} and merged.epoch_start == {0: 4, 3: 5}
+    assert merged.seen_keys == {"a", "b", "c"}
+    assert merged.counters == {"events_trained": 940, "chunks": 10, "duplicate_chunks": 1,
+                               "bad_messages": 3, "dead_letters": 2}
+
+
+def test_merging_no_workers_keeps_the_totals_counted_before():
+    merged = Position.merged("t.events", [], counted_before=WRITTEN["counters"])
+    assert merged.offsets == {} and merged.seen_keys == set() and merged.counters == WRITTEN["counters"]
