@@ -261,7 +261,8 @@ class HttpConfig(_Section):
 
 class AuthConfig(_Section):
     tokens_file: FilePath | None = Field(default=None, description="File of bearer tokens, one per line")
-    tokens_env: EnvironmentVariable = Field(default="HEPSTREAM_TOKENS", description="Environment variable of comma-separated tokens")
+    tokens_env: EnvironmentVariable = Field(default="HEPSTREAM_TOKENS",
+                                            description="Environment variable of comma-separated tokens")
 
 
 class BatchingConfig(_Section):
@@ -290,8 +291,8 @@ class VersionsConfig(_Section):
     """How replicas find, swap to and keep model versions."""
 
     poll_interval_s: Seconds = Field(default=0.5, le=60, description="How often each replica looks for a newer version")
-    swap_delay_s: WaitSeconds = Field(default=1.0, le=60,
-                                      description="Replicas swap to a version this long after its publication, together")
+    swap_delay_s: WaitSeconds = Field(default=1.0, le=60, description="Replicas swap to a version this long after "
+                                      "its publication, together")
     pinned_cached: NonNegativeInt = Field(default=4, description="Older versions kept loaded for pinned requests")
 
 
@@ -377,7 +378,8 @@ class ServeConfig(_Section):
                              f"{65536 - len(ports)}")
         if self.http.port in ports:
             raise KeyedError("http.port", f"{self.http.port} is among the replicas' own ports {ports.start}.."
-                             f"{ports.stop - 1} (serve.ray): choose another port, or move serve.ray.direct_ingress_port")
+                             f"{ports.stop - 1} (serve.ray): choose another port, or move "
+                             "serve.ray.direct_ingress_port")
         return self
 
     @model_validator(mode="after")
