@@ -151,3 +151,14 @@ def test_train_without_brokers_exits_3_naming_them(tmp_path):
     assert done.returncode == 3, done.stderr
     assert f"hepstream train: cannot reach Kafka at {where} (connecting) after 1 attempt(s) of 1 s" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.integration
+def test_produce_with_a_missing_file_list_names_it_with_exit_2(tmp_path, broker, unique_topic):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"dataset: {{name: {unique_topic}, file_list: {tmp_path / 'nope.txt'}}}\n"
+                    f"kafka: {{bootstrap: '{broker.bootstrap}'}}\n")
+    done = _hepstream("produce", "--config", str(path))
+    assert done.returncode == 2, done.stderr
+    assert f"hepstream: configuration error: file list {tmp_path / 'nope.txt'}: No such file" in done.stderr
+    assert "Traceback" not in done.stderr
