@@ -78,8 +78,7 @@ def run_produce(args) -> int:
             finally:
                 producer.close()
     except BrokerUnavailable as error:
-        print(f"hepstream produce: {error}", file=sys.stderr)
-        return 3
+        return _failed("produce", error, 3)
     progress.close(report)
     print(json.dumps(report.as_dict(), indent=1))
     return 1 if report.failed else 0
@@ -99,11 +98,49 @@ def _data_parallel_trainer(config: Config, bootstrap: str):
     return data_parallel_trainer(config, bootstrap)
 
 
+def _produce_command(args) -> str:
+    """The ``hepstream produce`` that publishes what this command's configuration reads."""
+    options = [f"--config {args.config}"] if args.config else []
+    options += [f"--bootstrap {args.bootstrap}"] if args.bootstrap else []
+    return " ".join(["hepstream produce", *options])
+
+
+def _topic_is_there(config: Config, bootstrap: str, args, stop: threading.Event) -> int:
+    """Wait ``training.topic_wait_s`` for the dataset's topic, before a trainer is built or Ray started.
+
+    Returns 0 once it exists, else the exit status after one line on stderr:
+    3 when the brokers do not answer, 2 when the topic never comes (its
+    producer has not run: the line gives the command that publishes it).
+    """
+    from hepstream.kafka import BrokerUnavailable, TopicMissing, topic_partitions
+
+    try:
+        topic_partitions(bootstrap, config.kafka, config.dataset.topic, timeout_s=config.training.topic_wait_s,
+                         stop=stop)
+    except BrokerUnavailable as error:
+        return _failed("train", error, 3)
+    except TopicMissing as missing:
+        if stop.is_set():
+            raise KeyboardInterrupt from None
+        return _failed("train", f"{missing}; publish to it first: {_produce_command(args)}", 2)
+    return 0
+
+
+def _failed(command: str, problem, status: int) -> int:
+    """A job that cannot start: one line naming the command and the problem, no traceback."""
+    print(f"hepstream {command}: {problem}", file=sys.stderr)
+    return status
+
+
 def run_train(args) -> int:
     from hepstream.models.trainer import StreamTrainer
 
     config, bootstrap = _load(args)
     bootstrap = _require_bootstrap(bootstrap)
+    stop = _wait_for_signal()
+    status = _topic_is_there(config, bootstrap, args, stop)
+    if status:
+        return status
     if config.training.workers > 1:
         trainer = _data_parallel_trainer(config, bootstrap)
     else:
@@ -114,7 +151,7 @@ def run_train(args) -> int:
         _, port = serve_metrics(config.model.name, trainer.status, config.training.metrics_port)
         print(f"trainer metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
     try:
-        trainer.run(_wait_for_signal())
+        trainer.run(stop)
     finally:
         if config.training.workers > 1:
             import ray
