@@ -137,6 +137,21 @@ def topic_partitions(bootstrap: str, kafka: KafkaConfig, topic: str, *, timeout_
         client.close()
 
 
+def end_offsets(bootstrap: str, kafka: KafkaConfig, topic: str, *, timeout_s: float) -> dict[int, int]:
+    """Each partition's next offset to be written: beside a trainer's offsets, how far it lags."""
+
+    def attempt() -> dict[int, int]:
+        client = new_consumer(bootstrap, kafka)
+        try:
+            partitions = wait_for_topic(client, topic, timeout_s=timeout_s)
+            ends = client.end_offsets([TopicPartition(topic, partition) for partition in partitions])
+            return {tp.partition: offset for tp, offset in ends.items()}
+        finally:
+            client.close()
+
+    return with_broker(bootstrap, kafka, f"reading the end offsets of {topic!r}", attempt)
+
+
 def commit_request(topic: str, offsets: dict[int, int]) -> dict[TopicPartition, OffsetAndMetadata]:
     """Partition -> next offset to read, as kafka-python's ``commit`` takes it."""
     return {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}

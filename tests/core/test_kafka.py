@@ -7,7 +7,8 @@ import pytest
 
 from hepstream.config import KafkaConfig
 from hepstream.kafka import (
-    TopicMissing, client_options, ensure_topic, new_admin, new_consumer, topic_partitions, wait_for_topic,
+    TopicMissing, client_options, end_offsets, ensure_topic, new_admin, new_consumer, new_producer, topic_partitions,
+    wait_for_topic,
 )
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,16 @@ def test_a_topic_is_created_once_with_its_message_limit_and_then_found(broker, u
         assert unique_topic in admin.list_topics()
     finally:
         admin.close()
+
+
+def test_end_offsets_count_the_messages_of_each_partition(broker, unique_topic):
+    kafka = KafkaConfig()
+    ensure_topic(broker.bootstrap, unique_topic, 2, kafka)
+    producer = new_producer(broker.bootstrap, kafka)
+    for partition in (0, 1, 1, 1):
+        producer.send(unique_topic, b"event", partition=partition).get(timeout=10)  # one record per batch
+    producer.close()
+    assert end_offsets(broker.bootstrap, kafka, unique_topic, timeout_s=10.0) == {0: 1, 1: 3}
 
 
 def test_waiting_for_a_missing_topic_names_it_and_the_brokers(broker, unique_topic):
