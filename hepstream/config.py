@@ -124,6 +124,9 @@ class ProducerConfig(_Section):
     retry_backoff_s: float = Field(default=1.0, ge=0, description="Wait before the first retry; doubles each time")
     timeout_s: float = Field(default=30.0, gt=0, description="XRootD/HTTP request timeout")
     progress_every_s: float = Field(default=10.0, gt=0, description="Interval of progress log lines off a terminal")
+    follow: bool = Field(default=False, description="Keep listing the inputs and publish files as they land")
+    poll_s: float = Field(default=2.0, gt=0, description="Interval between listings of the inputs when following")
+    settle_s: float = Field(default=2.0, ge=0, description="A followed file is complete once unchanged this long")
 
 
 class JaggedFeature(_Section):
