@@ -200,22 +200,19 @@ class Follower:
 
     def poll(self) -> list[_Tracked]:
         """List the inputs once; the files now due for an attempt (settled, and past their retry wait)."""
-        try:
-            sources, _ = resolve(self.config.dataset)  # a glob that matches nothing yet is no error here
-            listing_error = None
-        except (OSError, ConfigError) as error:
-            sources, listing_error = [], f"listing the inputs failed: {type(error).__name__}: {error}"
-            log.warning("%s; trying again in %g s", listing_error, self.config.producer.poll_s)
+        listed, listing_error = self._list()
         with self._lock:
             self._polls += 1
             self._listing_error = listing_error
-            known = {url: t for url, t in self._files.items() if t.state in (PENDING, FAILED)}
-        listed = {}
-        for source in sources:
-            listed.setdefault(source.url, source)  # the first input naming a file decides its label
-        new = [s for url, s in listed.items() if url not in self._files]
+            if listing_error:
+                return []
+            for url in [u for u, t in self._files.items() if t.state in (PENDING, FAILED) and u not in listed]:
+                del self._files[url]  # gone before it was published (deleted, renamed): nothing to publish
+                self.progress.found(-1)
+            waiting = [(source, self._files.get(url)) for url, source in listed.items()
+                       if url not in self._files or self._files[url].state in (PENDING, FAILED)]
         due = []
-        for source, tracked in [(s, None) for s in new] + [(t.source, t) for t in known.values()]:
+        for source, tracked in waiting:
             try:
                 current = stamp(source.url)
             except OSError as error:  # gone between the listing and now, or the server is away: next time
@@ -234,6 +231,19 @@ class Follower:
                     tracked.state = PUBLISHING
                     due.append(tracked)
         return due
+
+    def _list(self) -> tuple[dict[str, Source], str | None]:
+        """The inputs now, by URL, or why they could not be listed (a glob matching nothing yet is no error here)."""
+        try:
+            sources, _ = resolve(self.config.dataset)
+        except (OSError, ConfigError) as error:
+            reason = f"listing the inputs failed: {type(error).__name__}: {error}"
+            log.warning("%s; trying again in %g s", reason, self.config.producer.poll_s)
+            return {}, reason
+        listed = {}
+        for source in sources:
+            listed.setdefault(source.url, source)  # the first input naming a file decides its label
+        return listed, None
 
     def _changed_at(self, source: Source, current: Stamp, now: float) -> float:
         """When a newly listed file last changed: a local file's modification time says; a remote clock may lie."""

@@ -89,13 +89,14 @@ def test_a_growing_file_waits_until_it_is_whole(broker, unique_topic, landed, tm
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     data = landed.read_bytes()
-    config = follow_config(unique_topic, incoming / "*.root", tmp_path, retries=20)
+    config = follow_config(unique_topic, incoming / "*.root", tmp_path, retries=20, poll_s=0.1, settle_s=1.0)
     with following(config, broker.bootstrap) as follower, open(incoming / "run1.root", "wb") as writing:
-        for piece in range(5):  # a piece every listing (poll_s 0.2 s): never unchanged for settle_s (0.3 s)
+        for piece in range(5):  # a piece every listing: never unchanged for settle_s
             writing.write(data[piece * len(data) // 10: (piece + 1) * len(data) // 10])
             writing.flush()
             polls = follower.status().polls
             wait_for(follower, lambda s: s.polls > polls, "a listing")
+        assert follower.status().files[0].attempts == 0  # not even opened while it grows
         status = wait_for(follower, lambda s: s.files and s.files[0].attempts >= 1, "an attempt on the half file")
         assert status.files[0].state != "published" and "not whole yet" in status.files[0].reason
         assert status.events == 0
@@ -118,6 +119,24 @@ def test_a_corrupt_file_is_reported_and_the_others_go_on(broker, unique_topic, l
     assert url == str(incoming / "broken.root") and "cannot open as a ROOT file" in reason
     assert [f.attempts for f in status.files if f.state == "failed"] == [3]  # the first try and producer.retries
     assert status.events == EVENTS == topic_events(broker.bootstrap, config.dataset.topic)[0]
+
+
+def test_a_failed_file_is_tried_again_once_it_changes_and_a_vanished_one_is_forgotten(broker, unique_topic, landed,
+                                                                                       tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    data = landed.read_bytes()
+    (incoming / "run1.root").write_bytes(data[: len(data) // 2])  # a copy that stopped halfway
+    (incoming / "run2.root").write_bytes(os.urandom(4096))
+    config = follow_config(unique_topic, incoming / "*.root", tmp_path)
+    with following(config, broker.bootstrap) as follower:
+        status = wait_for(follower, lambda s: len(s.failed) == 2, "both files failed")
+        assert "not whole yet" in status.failed[str(incoming / "run1.root")]
+        (incoming / "run2.root").unlink()
+        (incoming / "run1.root").write_bytes(data)  # the copy finished after all
+        status = wait_for(follower, lambda s: s.published and not s.failed, "the finished copy published")
+    assert [(f.url, f.events) for f in status.files] == [(str(incoming / "run1.root"), EVENTS)]
+    assert topic_events(broker.bootstrap, config.dataset.topic)[0] == EVENTS
 
 
 def test_an_xrootd_folder_is_followed(broker, xrootd_server, unique_topic, landed, tmp_path):
