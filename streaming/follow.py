@@ -181,7 +181,7 @@ class Follower:
                 for done in [f for f in running if f.done()]:
                     del running[done]
                     done.result()  # an attempt records its own failures: this raises only on a bug
-                running |= {self._pool.submit(self._attempt, t): t for t in self.poll()}
+                running |= {self._pool.submit(self._attempt, t): t for t in self._poll()}
                 if stop.wait(self.config.producer.poll_s):
                     break
             for future, tracked in running.items():
@@ -198,7 +198,7 @@ class Follower:
         with self._lock:
             return FollowStatus(tuple(t.status() for t in self._files.values()), self._polls, self._listing_error)
 
-    def poll(self) -> list[_Tracked]:
+    def _poll(self) -> list[_Tracked]:
         """List the inputs once; the files now due for an attempt (settled, and past their retry wait)."""
         listed, listing_error = self._list()
         with self._lock:
