@@ -112,6 +112,9 @@ class ProducerConfig(_Section):
     retry_backoff_s: WaitSeconds = Field(default=1.0, description="Wait before the first retry; doubles each time")
     timeout_s: Seconds = Field(default=30.0, description="XRootD/HTTP request timeout")
     progress_every_s: Seconds = Field(default=10.0, description="Interval of progress log lines off a terminal")
+    follow: bool = Field(default=False, description="Keep listing the inputs and publish files as they land")
+    poll_s: Seconds = Field(default=2.0, description="Interval between listings of the inputs when following")
+    settle_s: WaitSeconds = Field(default=2.0, description="A followed file is complete once unchanged this long")
 
 
 class JaggedFeature(_Section):

@@ -33,6 +33,10 @@ def add_parser(subparsers) -> None:
         parser = subparsers.add_parser(name, help=text)
         config_argument(parser)
         parser.set_defaults(run=run)
+        if run is run_produce:
+            parser.add_argument("--follow", action="store_true",
+                                help="keep listing the inputs and publish files as they land, until interrupted "
+                                     "(sets producer.follow)")
 
 
 def _load(args) -> tuple[Config, str | None]:
@@ -54,9 +58,12 @@ def _wait_for_signal() -> threading.Event:
 
 
 def run_produce(args) -> int:
-    """Exit 0 when every file went through, 1 when any failed, 3 when the brokers cannot be reached."""
+    """Exit 0 when every file went through, 1 when any failed, 3 when the brokers cannot be reached.
+
+    Following (``--follow``), it runs until interrupted and exits 0 then; failed files are in the report.
+    """
     from hepstream.kafka import BrokerUnavailable
-    from hepstream.streaming.producer import Producer, tune_malloc_for_chunks
+    from hepstream.streaming.producer import tune_malloc_for_chunks
     from hepstream.streaming.progress import progress_for
 
     config, bootstrap = _load(args)
@@ -66,22 +73,43 @@ def run_produce(args) -> int:
     tune_malloc_for_chunks()
     progress = progress_for(every_s=config.producer.progress_every_s)
     bootstrap = _require_bootstrap(bootstrap)
+    follow = getattr(args, "follow", False) or config.producer.follow  # callers' own Namespaces may lack the flag
     try:
-        if config.producer.ray_tasks:
-            from hepstream.streaming.distributed import produce_on_ray
-
-            report = produce_on_ray(config, bootstrap, progress=progress)
-        else:
-            producer = Producer(config, bootstrap, progress=progress)
-            try:
-                report = producer.run()
-            finally:
-                producer.close()
+        report, extra = (_follow if follow else _produce_once)(config, bootstrap, progress)
     except BrokerUnavailable as error:
         return _failed("produce", error, 3)
     progress.close(report)
-    print(json.dumps(report.as_dict(), indent=1))
-    return 1 if report.failed else 0
+    print(json.dumps({**report.as_dict(), **extra}, indent=1))
+    return 1 if report.failed and not follow else 0
+
+
+def _produce_once(config: Config, bootstrap: str, progress):
+    """Publish the files found now, on Ray actors or in this process; the report and nothing to add to it."""
+    from hepstream.streaming.producer import Producer
+
+    if config.producer.ray_tasks:
+        from hepstream.streaming.distributed import produce_on_ray
+
+        return produce_on_ray(config, bootstrap, progress=progress), {}
+    producer = Producer(config, bootstrap, progress=progress)
+    try:
+        return producer.run(), {}
+    finally:
+        producer.close()
+
+
+def _follow(config: Config, bootstrap: str, progress):
+    """Publish files as they land until SIGINT or SIGTERM; the report, and which files were pending then."""
+    from hepstream.streaming.follow import Follower
+
+    stop = _wait_for_signal()
+    follower = Follower(config, bootstrap, progress=progress)
+    try:
+        report = follower.run(stop)
+    finally:
+        follower.close()
+    status = follower.status().as_dict()
+    return report, {key: status[key] for key in ("files_already_published", "files_pending")}
 
 
 def _data_parallel_trainer(config: Config, bootstrap: str):
