@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import replace
 
 import numpy as np
@@ -38,10 +38,12 @@ from kafka import KafkaConsumer
 
 from hepstream.config import Config
 from hepstream.kafka import topic_partitions
+from hepstream.models.checkpoint_health import CheckpointHealth
 from hepstream.models.grouping import GroupPoller
 from hepstream.models.metrics import PrequentialMetrics
 from hepstream.models.position import COUNTERS, Position
 from hepstream.models.store import ModelStore
+from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer import StreamTrainer
 from hepstream.models.trainer_status import TrainerStatus
 from hepstream.models.version_meta import VersionMeta
@@ -231,6 +233,7 @@ class DataParallelTrainer:
         self.features: dict = {}
         self.events_seen = 0
         self._published_offsets: dict[int, int] = {}
+        self.checkpoints = CheckpointHealth(config.training.checkpoint_every_s)
 
     def _counters(self, reports: Sequence[dict]) -> dict:
         counters = dict(self.base_counters)
@@ -250,12 +253,17 @@ class DataParallelTrainer:
             epoch=0,
             offsets=dict(sorted(self._offsets().items())),
             metrics=self.metrics,
-            last_error=next((r["last_error"] for r in reports if r.get("last_error")), None),
+            last_error=self.checkpoints.error or next((r["last_error"] for r in reports if r.get("last_error")), None),
+            **self.checkpoints.status_fields(),
             workers=[{"partitions": split, **r["counters"]} for split, r in zip(self.splits, reports)],
         )
 
     def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
-        """Run rounds until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news."""
+        """Run rounds until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news.
+
+        As in the single trainer, a refused checkpoint is retried with backoff while rounds go on, and a
+        refused final one raises :class:`StoreWriteError`.
+        """
         training = self.config.training
         partitions = self.partitions or topic_partitions(self.bootstrap, self.config.kafka, self.config.dataset.topic,
                                                          timeout_s=topic_wait_s, stop=stop)
@@ -270,13 +278,11 @@ class DataParallelTrainer:
             self.reports = [{"offsets": o["offsets"], "counters": dict.fromkeys(COUNTERS, 0)} for o in opened]
             self._published_offsets = self._offsets()
             log.info("%d workers on partitions %s, from version %s", len(self.splits), self.splits, self.version)
-            last_checkpoint = time.monotonic()
             while not stop.is_set():
                 self._round()
-                if self._offsets() != self._published_offsets and \
-                        time.monotonic() - last_checkpoint >= training.checkpoint_every_s:
-                    self.checkpoint()
-                    last_checkpoint = time.monotonic()
+                if self._offsets() != self._published_offsets and self.checkpoints.due():
+                    with suppress(StoreWriteError):  # reported by checkpoint(), tried again after a backoff
+                        self.checkpoint()
             if self._offsets() != self._published_offsets:
                 self.checkpoint()
         finally:
@@ -294,7 +300,11 @@ class DataParallelTrainer:
         self.pool.call("load", state, self.features, self.events_seen)
 
     def checkpoint(self) -> int:
-        """Publish the state between two rounds as one version of the lineage, then let workers commit to Kafka."""
+        """Publish the state between two rounds as one version of the lineage, then let workers commit to Kafka.
+
+        A store that refuses the version raises :class:`StoreWriteError`, reported in :meth:`status`; the
+        workers commit nothing and the next checkpoint holds what this one would have.
+        """
         shares = self.pool.call("share")
         model_state, meta, state, checkpoint = self.pool.call_one(0, "checkpoint_parts")
         merged = Position.merged(self.config.dataset.topic, shares, self.base_counters).snapshot()
@@ -306,7 +316,7 @@ class DataParallelTrainer:
                        workers=[{"partitions": split, "events_this_run": s["counters"]["events_trained"]}
                                 for split, s in zip(self.splits, shares)])
         state.update(merged)
-        self.version = self.store.publish(model_state, meta, state, checkpoint)
+        self.version = self.checkpoints.publish(self.store, model_state, meta, state, checkpoint)
         self._published_offsets = {int(p): o for p, o in offsets.items()}
         self.pool.call("checkpointed", self.version)
         return self.version

@@ -21,6 +21,7 @@ _COUNTERS = {
     "duplicate_chunks": "Chunks skipped because their key was already learned",
     "bad_messages": "Messages that could not be decoded or featurised",
     "dead_letters": "Messages sent to the dead-letter topic",
+    "checkpoint_failures": "Checkpoints the model store refused in this run (full, read-only, no permission)",
 }
 _GAUGES = {"auc": "Prequential AUC over the sliding window", "overall_auc": "Prequential AUC over the stream",
            "log_loss": "Prequential log-loss over the stream", "accuracy": "Prequential accuracy over the stream",
@@ -52,6 +53,20 @@ class TrainerCollector:
         version = GaugeMetricFamily("hepstream_trainer_model_version", "Newest published version", labels=["model"])
         version.add_metric([self.model], status.version or 0)
         yield version
+        yield from self._store_health(status)
+
+    def _store_health(self, status: TrainerStatus):
+        """Whether the store takes checkpoints now, and how much learning a crash would now cost."""
+        failing = GaugeMetricFamily("hepstream_trainer_store_failing",
+                                    "1 while the model store refuses checkpoints, else 0", labels=["model"])
+        failing.add_metric([self.model], 1 if status.store_error else 0)
+        yield failing
+        if status.checkpoint_age_s is not None:
+            age = GaugeMetricFamily("hepstream_trainer_checkpoint_age_seconds",
+                                    "Seconds since the last checkpoint succeeded (or the run started)",
+                                    labels=["model"])
+            age.add_metric([self.model], status.checkpoint_age_s)
+            yield age
 
 
 def serve_metrics(model: str, status: Callable[[], TrainerStatus], port: int):

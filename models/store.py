@@ -2,7 +2,10 @@
 
 A version is written into a hidden folder and renamed into place, so a reader
 (the server polling for new versions) never sees half of one; staging folders
-left by a killed trainer are removed by the next publish. Version numbers only
+left by a killed trainer are removed by the next publish. A version the
+filesystem refuses (full, read-only, no permission) is a
+:class:`~hepstream.models.store_errors.StoreWriteError` that names the store,
+the folder and the cause; the versions before it stay as they were. Version numbers only
 grow, and only the newest ``store.keep`` versions stay on disk. Each version
 holds the model state, as ``weights.pt`` (torch models, read back with
 ``torch.load(weights_only=True)``) or ``model.json`` (river and JSON user
@@ -14,6 +17,7 @@ and state, metrics, lineage); ``trainer.json`` the trainer's resume state
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -29,14 +33,11 @@ from hepstream.config import FeaturesConfig, TrainingConfig
 from hepstream.model_kinds import stored_model_config
 from hepstream.models.features import BranchSpec, FeaturePipeline
 from hepstream.models.registry import build_estimator
+from hepstream.models.store_errors import StoreError, StoreWriteError, describe_os_error
 from hepstream.models.version_meta import VersionMeta
 
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 _STAGING = re.compile(r"^\.staging-v\d+-(\d+)-")
-
-
-class StoreError(RuntimeError):
-    """A version that is missing or unreadable; names the folder."""
 
 
 class LoadedModel:
@@ -63,6 +64,17 @@ class LoadedModel:
     def predict(self, batch: pa.RecordBatch) -> np.ndarray:
         """Probability of class 1, ``(n,)``, for binary models; ``(n, classes)`` probabilities otherwise."""
         return self.estimator.predict_proba(self.features.transform(batch))
+
+
+def _model_file(model_state: dict, checkpoint: str) -> dict[str, bytes]:
+    """The model state as the one file of a version that holds it."""
+    if checkpoint != "torch":
+        return {"model.json": json.dumps(model_state).encode()}
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model_state, buffer)
+    return {"weights.pt": buffer.getvalue()}
 
 
 def _process_alive(pid: int) -> bool:
@@ -101,28 +113,36 @@ class ModelStore:
 
         ``checkpoint`` is ``"torch"`` (``model_state`` holds tensors) or ``"json"``. The
         version's name, number, time and checkpoint format replace those of ``meta``.
+        Every file is made in memory before any is written, so a filesystem that
+        refuses one fails with the OS's error and its errno (torch writing to a
+        file reports a full disk as ``basic_ios::clear: iostream error``); any
+        such failure leaves no trace of the version and raises :class:`StoreWriteError`.
         """
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._remove_abandoned_staging()
         version = (self.latest() or 0) + 1
-        staging = self.folder / f".staging-v{version:06d}-{os.getpid()}-{time.monotonic_ns()}"
-        staging.mkdir()
         meta = replace(meta, name=self.model, version=version, created=time.time(), checkpoint=checkpoint)
-        if checkpoint == "torch":
-            import torch
-
-            torch.save(model_state, staging / "weights.pt")
-        else:
-            (staging / "model.json").write_text(json.dumps(model_state))
-        (staging / "meta.json").write_text(meta.to_json())
-        (staging / "trainer.json").write_text(json.dumps(trainer_state))
+        files = {**_model_file(model_state, checkpoint), "meta.json": meta.to_json().encode(),
+                 "trainer.json": json.dumps(trainer_state).encode()}
         try:
-            os.rename(staging, self.path(version))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._remove_abandoned_staging()
+            self._write_version(version, files)
         except OSError as error:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise StoreError(f"could not publish {self.path(version)}: {error}") from None
+            cause = describe_os_error(error, self.root, sum(map(len, files.values())))
+            raise StoreWriteError(self.root, self.path(version), cause, error.errno) from error
         self._prune()
         return version
+
+    def _write_version(self, version: int, files: dict[str, bytes]) -> None:
+        """Write the files into a staging folder and rename it into place; on any failure remove it."""
+        staging = self.folder / f".staging-v{version:06d}-{os.getpid()}-{time.monotonic_ns()}"
+        staging.mkdir()
+        try:
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+            os.rename(staging, self.path(version))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def _remove_abandoned_staging(self) -> None:
         """Staging folders whose writer died (SIGKILL mid-publish) are never renamed: remove them."""
@@ -153,8 +173,6 @@ class ModelStore:
         meta = self.read_meta(version)
         trainer_state = self._read(version, "trainer.json", json.loads)
         if meta.checkpoint == "torch":
-            import io
-
             import torch
 
             model_state = self._read(version, "weights.pt",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +34,14 @@ from kafka import KafkaConsumer, TopicPartition
 from hepstream import wire
 from hepstream.config import Config, start_timestamp_ms
 from hepstream.kafka import commit, new_consumer, wait_for_topic
+from hepstream.models.checkpoint_health import CheckpointHealth
 from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
 from hepstream.models.features import FeatureError
 from hepstream.models.learner import Group, Learner, Preparation
 from hepstream.models.position import Position
 from hepstream.models.read_ahead import EpochEnd, ReadAhead
 from hepstream.models.store import ModelStore
+from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer_status import TrainerStatus
 from hepstream.models.version_meta import VersionMeta
 
@@ -117,6 +119,7 @@ class StreamTrainer:
         self.dead_letters = None
         if config.training.dead_letter:
             self.dead_letters = DeadLetters(bootstrap, dead_letter_topic(config.dataset.name), config.kafka)
+        self.checkpoints = CheckpointHealth(config.training.checkpoint_every_s)
         self._dirty = False
         self._resume()
 
@@ -147,7 +150,9 @@ class StreamTrainer:
 
     def status(self) -> TrainerStatus:
         return TrainerStatus(**self.counters, version=self.version, epoch=self.epoch, offsets=dict(self.offsets),
-                             metrics=self.learner.metrics_summary(), last_error=self.last_error)
+                             metrics=self.learner.metrics_summary(),
+                             last_error=self.checkpoints.error or self.last_error,
+                             **self.checkpoints.status_fields())
 
     def _labels(self, chunk: wire.Chunk) -> np.ndarray:
         branch = self.config.dataset.label_branch
@@ -239,9 +244,13 @@ class StreamTrainer:
         return learner.estimator.state_dict(), meta, state, learner.estimator.checkpoint
 
     def checkpoint(self, consumer: KafkaConsumer | None = None) -> int:
-        """Publish model, features, offsets and counters as one new version, then commit the offsets."""
+        """Publish model, features, offsets and counters as one new version, then commit the offsets.
+
+        A store that refuses the version raises :class:`StoreWriteError`, reported in
+        :meth:`status`; nothing is committed and the state stays to be checkpointed later.
+        """
         self.flush_dead_letters()
-        self.published(self.store.publish(*self.checkpoint_parts()), consumer)
+        self.published(self.checkpoints.publish(self.store, *self.checkpoint_parts()), consumer)
         return self.version
 
     def flush_dead_letters(self) -> None:
@@ -310,6 +319,10 @@ class StreamTrainer:
     def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
         """Consume until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news.
 
+        A checkpoint the store refuses is retried with backoff while learning
+        goes on (:mod:`~hepstream.models.checkpoint_health`); the final one, at
+        the stop, raises :class:`StoreWriteError` when refused.
+
         Messages are learned in groups of ``chunks_per_step``: a group waits
         up to ``group_wait_s`` to fill, so that a trainer started before its
         producer does not learn from one file's chunks alone. The next group
@@ -331,15 +344,14 @@ class StreamTrainer:
                                epochs_left=training.epochs - 1 - self.epoch, on_rewind=known.clear)
             reader.start()
             try:
-                last_checkpoint = time.monotonic()
                 while not stop.is_set():
                     group = reader.next(timeout_s=0.1)
                     if group is not None:
                         self._learn_group(group)
-                    if self._dirty and time.monotonic() - last_checkpoint >= training.checkpoint_every_s:
-                        self.checkpoint()
-                        reader.commit(self.position.commit_request(), self.version)
-                        last_checkpoint = time.monotonic()
+                    if self._dirty and self.checkpoints.due():
+                        with suppress(StoreWriteError):  # reported by checkpoint(), tried again after a backoff
+                            self.checkpoint()
+                            reader.commit(self.position.commit_request(), self.version)
             finally:
                 left = reader.stop()  # the consumer is this thread's again
             for group in left:

@@ -24,7 +24,10 @@ class TrainerStatus:
     epoch: int
     offsets: dict[int, int]  # the next offset to read, per partition
     metrics: dict[str, Any]  # prequential metrics (PrequentialMetrics.summary, drift included)
-    last_error: str | None  # the latest refused message and why
+    last_error: str | None  # the latest refused message or refused checkpoint, and why
+    store_error: str | None = None  # while the model store refuses checkpoints: why (store, folder, cause)
+    checkpoint_failures: int = 0  # checkpoints the store refused in this run
+    checkpoint_age_s: float | None = None  # seconds since the last checkpoint succeeded (or the run started)
     workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions and counters
 
     def as_dict(self) -> dict[str, Any]:

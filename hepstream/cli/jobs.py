@@ -161,6 +161,8 @@ def _failed(command: str, problem, status: int) -> int:
 
 
 def run_train(args) -> int:
+    """Exit 0 after a clean stop, 4 when the model store refused the final checkpoint (the message says why)."""
+    from hepstream.models.store_errors import StoreWriteError
     from hepstream.models.trainer import StreamTrainer
 
     config, bootstrap = _load(args)
@@ -178,14 +180,20 @@ def run_train(args) -> int:
 
         _, port = serve_metrics(config.model.name, trainer.status, config.training.metrics_port)
         print(f"trainer metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
+    refused = None
     try:
         trainer.run(stop)
+    except StoreWriteError as error:
+        refused = error  # what it learned since its last checkpoint is learned again from Kafka on restart
     finally:
         if config.training.workers > 1:
             import ray
 
             ray.shutdown()
     print(json.dumps(trainer.status().as_dict(), indent=1, default=str))
+    if refused is not None:
+        print(f"hepstream train: the final checkpoint failed: {refused}", file=sys.stderr)
+        return 4
     return 0
 
 
