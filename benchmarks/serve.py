@@ -18,10 +18,10 @@ drifts and has slow spells, which then move one round, not the result. Last,
 single-event requests at concurrency 8 while new versions are published
 every half second (hot swap). Figures are in docs/http-api.md.
 
-Serve is deployed as ``serve.haproxy: true`` sets it up: Serve's HAProxy
+Serve is deployed with the default ``serve`` settings: Serve's HAProxy
 answers on the app's port and forwards to the replicas' own ports (direct
 ingress); its figures are the headline ones. Serve's Python proxy, which
-answers with the default ``serve.haproxy: false`` and still runs behind
+answers with ``serve.ray.haproxy: false`` and still runs behind
 HAProxy as its fallback, is measured on its own port in the same run
 (``proxy_*``), and so is the first replica's own port, alone (``direct_*``).
 Ray and Serve run in a child process started with the environment Ray
@@ -219,12 +219,12 @@ def serve_until_stdin_closes(root: str, port: int, direct: int, replicas: int) -
 
 
 def _serve_section(port: int, direct: int, replicas: int):
-    """The ``serve`` settings both the Ray environment and the app are built from: HAProxy on ``port`` in front
-    of ``replicas`` replicas answering from ``direct`` up."""
+    """The ``serve`` settings both the Ray environment and the app are built from: the defaults (HAProxy on
+    ``port``, the timeouts) with ``replicas`` replicas answering from ``direct`` up."""
     from hepstream.config import ServeConfig
 
     return ServeConfig(http={"port": port}, versions={"poll_interval_s": 0.25}, scaling={"replicas": replicas},
-                       ray={"haproxy": True, "direct_ingress_port": direct})
+                       ray={"direct_ingress_port": direct})
 
 
 def _stop_ray_serve(serving: subprocess.Popen) -> None:

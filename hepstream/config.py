@@ -260,6 +260,10 @@ class HttpConfig(_Section):
     port: Port = 8000
     max_events_per_request: Count = 100_000
     max_request_bytes: ByteSize = Field(default=64_000_000, description="Larger request bodies get 413")
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600,
+                                    description="A connection whose request headers take longer is cut off (408)")
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600,
+                                  description="A request whose body takes longer to arrive is cut off (408)")
 
 
 class AuthConfig(_Section):
@@ -304,10 +308,10 @@ class RayStartConfig(_Section):
 
     direct_ingress_port: Port | None = Field(default=None, description="Replicas also answer HTTP on ports of "
                                              "their own from this one up, skipping Serve's proxy")
-    haproxy: bool = Field(default=False,
+    haproxy: bool = Field(default=True,
                           description="Serve's HAProxy ingress answers on serve.http.host:port instead of its Python "
                                       "proxy, forwarding to the replicas' own ports (from direct_ingress_port, or "
-                                      "30000, up)")
+                                      "30000, up); false: Serve's Python proxy, several times slower under load")
     metrics: bool = Field(default=False,
                           description="Ray's own metrics pipeline (Serve's ray_serve_* series, Ray's dashboard), "
                                       "beside hepstream's /metrics")

@@ -10,11 +10,8 @@ Batching: concurrent requests to one replica are gathered by ``@serve.batch``
 with one model call per version; each request is parsed and checked on its own first,
 so a bad request never fails its neighbours. By default a batch is what has
 queued up while the replica was busy, with no wait for more: under load
-batches form anyway (single-event requests at concurrency 8: 2.4 requests per
-model call), and a wait of 2 ms only added to every request (two replicas,
-paired runs: p50 at concurrency 1 7.8-8.2 ms with the wait, 5.3 without;
-481-489 against 441-462 requests/s at concurrency 8, p99 25-27 against
-26-28 ms).
+batches form anyway, and a wait only added to every request (figures in
+docs/http-api.md).
 
 The replica receives a zero-argument ``open_store`` callable rather than a
 store: the store is opened inside the replica's process, so only a path and
@@ -47,7 +44,9 @@ from ray import serve
 from ray.serve import Application
 
 from hepstream.config import Config, ServeConfig
+from hepstream.local_ray import init_ray
 from hepstream.serve.app import create_app
+from hepstream.serve.slow_clients import timeout_environment
 from hepstream.serve.scoring import Result, tune_malloc_for_batches
 
 if TYPE_CHECKING:
@@ -77,8 +76,7 @@ class HepstreamServer:
         import torch
 
         # One intra-op thread: requests are small, and torch's pool of one thread per core otherwise fights
-        # the proxy and the other replicas for the same cores (bench serve, one run each on 2 cores: p50 at
-        # concurrency 1 went from 22.6 to 19.8 ms, throughput at concurrency 8 from 76 to 85 requests/s).
+        # the proxy and the other replicas for the same cores (docs/http-api.md).
         torch.set_num_threads(1)
         tune_malloc_for_batches()
         self.open_store = open_store
@@ -103,34 +101,32 @@ class HepstreamServer:
 def ray_environment(settings: ServeConfig) -> dict[str, str]:
     """The environment Ray must start with for these settings: Serve reads its ingress flags only then.
 
-    These are the ``serve.ray`` keys. With ``direct_ingress_port`` every
+    These are the ``serve.ray`` keys, and ``serve.http``'s timeouts
+    (:mod:`hepstream.serve.slow_clients`). With ``direct_ingress_port`` every
     replica also serves the app on a port of its own, from that port up, beside
     the proxy's; the range leaves room for replicas being replaced during a
     redeploy. Such a replica then runs our code and its router on its main
     event loop instead of one thread and loop each: direct-ingress requests no
-    longer hop between threads (bench serve, concurrency 8, two runs each on 2
-    cores: 241 and 283 requests/s with p99 61 and 91 ms before; 416 and 357
-    with p99 31 and 44 ms after).
+    longer hop between threads.
 
-    With ``haproxy``, Serve's HAProxy answers on ``serve.http`` in place of its
-    Python proxy and forwards to those replica ports, which it needs, so they
-    start from 30000 when ``direct_ingress_port`` is unset. HAProxy runs
-    through ``hepstream-haproxy`` (:mod:`hepstream.serve.haproxy`), so that all
-    its ports stay on ``serve.http.host``. Serve's proxy had set the pace:
-    91-105 requests/s at concurrency 8 with p99 109-121 ms, against 405-432 and
-    32-36 ms through HAProxy (bench serve, three runs on 2 cores).
+    With ``haproxy`` (the default), Serve's HAProxy answers on ``serve.http``
+    in place of its Python proxy and forwards to those replica ports, which it
+    needs, so they start from 30000 when ``direct_ingress_port`` is unset.
+    HAProxy runs through ``hepstream-haproxy`` (:mod:`hepstream.serve.haproxy`),
+    which keeps its side ports on loopback and gives it the timeouts. Serve's
+    proxy sets the pace otherwise, and collapses under many clients.
 
     Unless ``metrics`` is set, Ray's own metrics are off
     (``RAY_enable_metrics_collection=0``): every replica records Ray's metrics
     of each request, and every few seconds Ray's dashboard agent gathers and
-    exports them. On a busy 2-core node that took a core for 100-150 ms, and
-    the requests in flight waited it out: single-event requests at
-    concurrency 8 through two replicas, 12 s each, stalled every 3-4 s (slowest
-    92-133 ms, p99 32-43 ms); with the metrics off, none (slowest 41 ms, p99
-    29 ms). hepstream's own ``/metrics`` does not go through Ray.
+    exports them, which on a busy small node stalls the requests in flight.
+    hepstream's own ``/metrics`` does not go through Ray. The measurements
+    behind these choices are in docs/http-api.md.
     """
     start, scaling = settings.ray, settings.scaling
-    environment = {} if start.metrics else {"RAY_enable_metrics_collection": "0"}
+    environment = timeout_environment(settings.http)
+    if not start.metrics:
+        environment["RAY_enable_metrics_collection"] = "0"
     first = start.direct_ingress_port
     if first is None and not start.haproxy:
         return environment
@@ -159,8 +155,9 @@ def serving(config: Config, *, open_store: Callable[[], Any] | None = None, **ra
     """Serve ``config.model.name`` from ``config.store.path`` while the block runs; yields the base URL.
 
     Starts Ray unless this process is connected already, with
-    :func:`ray_environment` in its environment (``ray_init`` are more
-    arguments of ``ray.init``), then Serve with ``config.serve``; on leaving,
+    :func:`ray_environment` in its environment, on loopback
+    (:func:`~hepstream.local_ray.init_ray`; ``ray_init`` are more arguments
+    of ``ray.init``), then Serve with ``config.serve``; on leaving,
     stops Serve, and Ray if it started it. ``open_store`` replaces the opener
     of the store folder (tests serve stand-ins). The URL answers once the
     replicas run; ``/v1/health/ready`` is 503 until a first version loads.
@@ -171,7 +168,7 @@ def serving(config: Config, *, open_store: Callable[[], Any] | None = None, **ra
             _check_environment(ray_environment(settings))
         else:
             stack.enter_context(_environment(ray_environment(settings)))
-            ray.init(**{"include_dashboard": False, "logging_level": "WARNING", **ray_init})
+            init_ray(**ray_init)
             stack.callback(ray.shutdown)
         serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
         stack.callback(serve.shutdown)

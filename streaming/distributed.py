@@ -29,6 +29,7 @@ import time
 from collections import deque
 
 from hepstream.config import Config, ConfigError, FileSpec
+from hepstream.local_ray import init_ray
 from hepstream.streaming.producer import (FileReport, ProduceReport, Producer, prepare, read_plan,
                                           tune_malloc_for_chunks)
 from hepstream.streaming.progress import Progress
@@ -85,7 +86,7 @@ def produce_on_ray(config: Config, bootstrap: str, files: list[FileSpec] | None 
     progress.start(len(report.files))
     own_ray = not ray.is_initialized()
     if own_ray:
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        init_ray()
     try:
         _dispatch(config, bootstrap, sources, report, progress)
     finally:

@@ -116,13 +116,14 @@ def _data_parallel_trainer(config: Config, bootstrap: str):
     """With ``training.workers`` > 1 the workers are Ray actors: this joins the cluster of a Ray job
     (or ``RAY_ADDRESS``), else starts Ray on this machine."""
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
         raise ConfigError(f"training.workers is {config.training.workers}: the workers are Ray actors and Ray is "
                           "not installed (pip install 'ray[serve]'), or set training.workers: 1") from None
+    from hepstream.local_ray import init_ray
     from hepstream.models.actor import data_parallel_trainer
 
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    init_ray()
     return data_parallel_trainer(config, bootstrap)
 
 

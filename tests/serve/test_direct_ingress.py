@@ -22,12 +22,19 @@ from tests.serve.test_real_store import EVENTS, local_scores
 pytestmark = pytest.mark.integration
 
 
+TIMEOUTS = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "hepstream.serve.slow_clients.ray_http_callback",
+            "HEPSTREAM_HEADER_TIMEOUT_S": "10.0", "HEPSTREAM_BODY_TIMEOUT_S": "60.0"}
+
+
 def test_ray_environment_asks_for_ports_only_when_configured():
-    assert ray_environment(ServeConfig()) == {"RAY_enable_metrics_collection": "0"}
-    assert ray_environment(ServeConfig(ray={"metrics": True})) == {}
-    two = ServeConfig(ray={"direct_ingress_port": 30100, "metrics": True}, scaling={"replicas": 2})
+    python_proxy = {"haproxy": False}
+    assert ray_environment(ServeConfig(ray=python_proxy)) == {**TIMEOUTS, "RAY_enable_metrics_collection": "0"}
+    assert ray_environment(ServeConfig(ray={**python_proxy, "metrics": True},
+                                       http={"header_timeout_s": 2, "body_timeout_s": 3.5})) == {
+        **TIMEOUTS, "HEPSTREAM_HEADER_TIMEOUT_S": "2.0", "HEPSTREAM_BODY_TIMEOUT_S": "3.5"}
+    two = ServeConfig(ray={**python_proxy, "direct_ingress_port": 30100, "metrics": True}, scaling={"replicas": 2})
     assert ray_environment(two) == {
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "30100",
+        **TIMEOUTS, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "30100",
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30103",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
     autoscaled = ServeConfig(ray={"direct_ingress_port": 30100},
@@ -35,8 +42,8 @@ def test_ray_environment_asks_for_ports_only_when_configured():
     assert ray_environment(autoscaled)["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "30105"
 
 
-def test_haproxy_needs_the_replica_ports_and_runs_through_the_wrapper():
-    environment = ray_environment(ServeConfig(ray={"haproxy": True}))
+def test_haproxy_is_the_default_needs_the_replica_ports_and_runs_through_the_wrapper():
+    environment = ray_environment(ServeConfig())
     assert environment["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert (environment["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
             environment["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("30000", "30001")

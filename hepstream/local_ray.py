@@ -1,0 +1,37 @@
+"""The one way hepstream starts Ray itself: on this machine, every Ray process listening on 127.0.0.1 only.
+
+By default Ray takes the machine's outward address as the node's and binds its
+GCS, raylets, workers, agents, dashboard and autoscaler monitor to it or to
+every interface, some of them answering ``/metrics`` to anybody; asked for
+``_node_ip_address="127.0.0.1"``, it swaps loopback back for that address. Ray
+keeps loopback only in its single-machine mode, which it turns on for macOS and
+Windows and reads from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` elsewhere: then
+the node's address is 127.0.0.1 and everything binds there (docs/http-api.md
+lists the ports). Ray reads that variable once, when it is imported, so
+:func:`init_ray` sets Ray's copy of it too; the variable itself goes to Ray's
+processes through the environment.
+
+A cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``) is joined as
+it is: its nodes must reach each other, and its operator decides what listens.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+SINGLE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+DEFAULTS = {"include_dashboard": False, "logging_level": "WARNING"}
+
+
+def init_ray(**options: Any) -> None:
+    """``ray.init`` with hepstream's defaults (no dashboard, warnings only) and ``options``: joins the cluster
+    ``RAY_ADDRESS`` names, else starts Ray on this machine listening on loopback only."""
+    import ray
+
+    if not os.environ.get("RAY_ADDRESS") and "address" not in options:
+        os.environ.update(SINGLE_MACHINE)
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray read from the variable at import
+    ray.init(**{**DEFAULTS, **options})
