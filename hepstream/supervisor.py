@@ -50,7 +50,9 @@ class RestartPolicy:
 
 
 def describe_exit(returncode: int) -> str:
-    """>>> describe_exit(-9), describe_exit(3)
+    """How a child ended, in the words the report and ``hepstream status`` use.
+
+    >>> describe_exit(-9), describe_exit(3)
     ('killed by SIGKILL', 'exit code 3')
     """
     if returncode < 0:
