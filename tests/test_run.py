@@ -153,3 +153,29 @@ def test_a_restarted_run_sends_nothing_again_and_learns_nothing_again(pipeline, 
         if service.poll() is None:
             service.kill()
     assert _status(pipeline)["running"] is False
+
+
+def test_a_restarted_run_on_the_embedded_broker_learns_the_files_added_meanwhile(pipeline, tmp_path):
+    """The embedded broker's topic starts empty again: the new file's chunks land at offset 0 and are learned."""
+    events = 2 * EVENTS_PER_CLASS
+    service = _start(pipeline)
+    try:
+        state = _state(pipeline, service)
+        _settled(pipeline, service, events)
+        _stop(service, state)
+
+        settings = yaml.safe_load(pipeline.read_text())
+        added = generate_demo(tmp_path / "more", 300, 1, seed=2).train[0]
+        settings["dataset"]["files"].append({"url": str(added[0]), "label": added[1]})
+        pipeline.write_text(yaml.safe_dump(settings))
+        service = _start(pipeline)
+        state = _state(pipeline, service)
+        status = _settled(pipeline, service, events + 300)
+        assert status["events_published"] == events + 300 and status["lag_events"] == 0
+        assert status["messages"] == sum(_end_offsets(state.bootstrap, KafkaConfig(), state.topic).values())
+        assert status["messages"] == 1  # only the new file went to the new log: 300 events fit one chunk
+        err = _stop(service, state)
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert "empty topic" in err

@@ -103,6 +103,8 @@ def run(args) -> int:
         config_file = folder / "pipeline.yaml"
         config_file.write_text(yaml.safe_dump(settings))
         ensure_topic(bootstrap, service.dataset.topic, service.kafka.partitions, service.kafka)
+        if broker is not None:
+            _resume_on_new_log(service, progress)
         policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window_s)
         stages = _stages(config_file, folder / "logs", policy)
         state_file = state_path(config.store.path)
@@ -118,6 +120,17 @@ def run(args) -> int:
         code = supervisor.run(stop)
         progress.step("stopped" if code == 0 else "stopped: a stage kept dying, see above")
         return code
+
+
+def _resume_on_new_log(config: Config, progress: Progress) -> None:
+    from hepstream.models.new_log import resume_on_new_log
+    from hepstream.models.store import ModelStore
+
+    store = ModelStore(config.store.path, config.model.name, config.store.keep)
+    version = resume_on_new_log(store, config.dataset.topic)
+    if version is not None:
+        progress.step(f"the embedded broker starts with an empty topic: version {version} carries on from "
+                      f"version {version - 1} at offset 0")
 
 
 def _serve_url(config: Config) -> str:
