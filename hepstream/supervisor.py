@@ -13,15 +13,18 @@ when it exits with one of its ``finished_codes``.
 Each child leads a process group of its own: a terminal's Ctrl-C reaches
 only the supervisor, which forwards SIGTERM, and whatever a child started
 (Ray's processes under ``hepstream serve``) is killed with its group if it
-outlives the child. Processes are addressed by PID and group, never by name.
+outlives the child. On Linux a child is sent SIGTERM if the supervisor itself
+dies, even by SIGKILL. Processes are addressed by PID and group, never by name.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +35,12 @@ from hepstream.backoff import Backoff
 from hepstream.run_state import StageState
 
 ERROR_LINES = 8
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when the supervisor dies, even by SIGKILL (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,8 @@ class Stage:
         self._log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log, open(self.output, "wb") as output:
             self._popen = subprocess.Popen(self.spec.argv, stdin=subprocess.DEVNULL, stdout=output, stderr=log,
-                                           env=self.env, start_new_session=True)
+                                           env=self.env, start_new_session=True,
+                                           preexec_fn=_terminate_with_parent if sys.platform == "linux" else None)
         self.started = time.time()
         self.state = "running"
         self.restart_at = None

@@ -119,6 +119,8 @@ def test_run_on_the_embedded_broker_publishes_trains_serves_and_survives_a_kille
         status = _settled(pipeline, service, events)
         assert status["events_trained"] == status["events_published"] == events  # nothing learned twice
         assert status["stages"]["trainer"]["restarts"] == 1
+        assert status["requests"] == 1 and status["failed_requests"] == 0  # the one prediction; not status's probes
+        assert status["latency_p50_ms"] is not None
         err = _stop(service, restarted)
     finally:
         if service.poll() is None:

@@ -42,7 +42,8 @@ def _load(args) -> tuple[Config, str | None]:
 
 def _require_bootstrap(bootstrap: str | None) -> str:
     if not bootstrap:
-        raise ConfigError("kafka.bootstrap is not set (nor --bootstrap); `hepstream demo` starts an embedded broker")
+        raise ConfigError("kafka.bootstrap is not set (nor --bootstrap); `hepstream run --config FILE` starts "
+                          "an embedded broker and runs every stage")
     return bootstrap
 
 

@@ -26,6 +26,7 @@ from hepstream.run_state import RunState, state_path
 
 PROBE_TIMEOUT_S = 2.0
 # A counter's family holds its "_total" sample and, for counters of prometheus_client's own, a "_created" time.
+_PROBED_ROUTES = ("/metrics", "/v1/models/{name}")
 _EVENTS_TRAINED = ("hepstream_trainer_events_trained", "hepstream_trainer_events_trained_total")
 
 
@@ -49,6 +50,15 @@ def _scrape(url: str) -> dict[str, list] | None:
 def _value(metrics: dict | None, family: str, sample: str | None = None) -> float | None:
     samples = [s for s in (metrics or {}).get(family, []) if sample is None or s.name == sample]
     return sum(s.value for s in samples) if samples else None
+
+
+def _requests(metrics: dict | None) -> tuple[float | None, int]:
+    """Requests answered and those answered with an error, less the routes ``status`` itself asks."""
+    if metrics is None:
+        return None, 0
+    answered = [s for s in metrics.get("hepstream_requests", [])
+                if s.name == "hepstream_requests_total" and s.labels.get("route") not in _PROBED_ROUTES]
+    return sum(s.value for s in answered), int(sum(s.value for s in answered if int(s.labels["code"]) >= 400))
 
 
 def _quantile_ms(metrics: dict | None, q: float) -> float | None:
@@ -124,9 +134,7 @@ def gather(state: RunState, kafka: KafkaConfig, sample_s: float) -> dict:
     events_trained = int(trained) if trained is not None else (meta.events_seen if meta else 0)
     ends = _end_offsets(state.bootstrap, kafka, state.topic)
     metrics = meta.metrics if meta else {}
-    requests_total = _value(serve, "hepstream_requests", "hepstream_requests_total")
-    failed = sum(s.value for s in (serve or {}).get("hepstream_requests", [])
-                 if s.name == "hepstream_requests_total" and int(s.labels.get("code", 0)) >= 400)
+    requests_total, failed = _requests(serve)
     return {
         "running": True,
         "supervisor_pid": state.pid,
@@ -150,9 +158,8 @@ def gather(state: RunState, kafka: KafkaConfig, sample_s: float) -> dict:
         "drift_alarms": int(_value(trainer, "hepstream_trainer_drift_detections", "hepstream_trainer_drift_detections_total") or 0),
         "serve_url": state.serve_url,
         "requests": int(requests_total or 0),
-        "requests_per_s": _rate(_value(serve_before, "hepstream_requests", "hepstream_requests_total"),
-                                requests_total, sample_s),
-        "failed_requests": int(failed),
+        "requests_per_s": _rate(_requests(serve_before)[0], requests_total, sample_s),
+        "failed_requests": failed,
         "latency_p50_ms": _quantile_ms(serve, 0.5),
         "latency_p99_ms": _quantile_ms(serve, 0.99),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from hepstream.supervisor import RestartPolicy, Stage, StageSpec, Supervisor
+from hepstream.waiting import poll_until
 from tests.helpers import process_gone
 
 FAST = RestartPolicy(max_restarts=2, window_s=60.0, first_wait_s=0.05, max_wait_s=0.1)
@@ -92,3 +94,21 @@ def test_stop_leaves_no_child_nor_grandchild(tmp_path, ignores_sigterm):
     grandchild = int(grandchild_pid.read_text())
     assert rc == 0 and stage.state == "stopped"
     assert process_gone(stage.pid) and process_gone(grandchild)
+
+
+def test_children_are_stopped_when_the_supervisor_is_killed(tmp_path):
+    children = tmp_path / "children"
+    code = ("import sys, threading\n"
+            "from pathlib import Path\n"
+            "from hepstream.supervisor import RestartPolicy, Stage, StageSpec, Supervisor\n"
+            f"stage = Stage(StageSpec('s', (sys.executable, '-c', 'import time; time.sleep(60)')), Path({str(tmp_path)!r}),"
+            " RestartPolicy())\n"
+            f"Supervisor([stage], print, lambda: Path({str(children)!r}).write_text(str(stage.pid))).run(threading.Event())\n")
+    supervisor = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        child = int(poll_until(lambda: children.exists() and children.read_text(), timeout_s=20, what="no child"))
+        supervisor.kill()
+        supervisor.wait()
+        assert process_gone(child)
+    finally:
+        supervisor.kill()
