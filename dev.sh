@@ -27,6 +27,8 @@ setup() {
   local missing=()
   command -v "$PYTHON" >/dev/null || missing+=(python3.11)
   command -v xrootd >/dev/null || missing+=(xrootd-server xrootd-client)
+  # Headless browser of the /ui test (tests/serve/test_ui.py), which skips without it; ~300 MB.
+  command -v chromium >/dev/null || missing+=(chromium)
   if command -v "$PYTHON" >/dev/null && ! "$PYTHON" -c "import ensurepip" 2>/dev/null; then
     missing+=(python3.11-venv)
   fi

@@ -9,44 +9,20 @@ physicist fixes the whole file in one go instead of one key per run.
 from __future__ import annotations
 
 import datetime
-import re
 import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from hepstream.config_types import (
+    Bootstrap, ByteSize, Count, EnvironmentVariable, FilePath, Host, Identifier, KeyedError, Label, Name, Names,
+    NonNegativeInt, Port, PortOrAny, Seconds, Text, WaitSeconds, no_repeats,
+)
 from hepstream.expressions import Expression
 from hepstream.model_kinds import MODEL_KINDS, MLPConfig, ModelConfig
 from hepstream.suggest import did_you_mean
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_bytes(value: int | str) -> int:
-    """Turn ``4_000_000``, ``"4 MB"`` or ``"1 MiB"`` into a number of bytes.
-
-    >>> parse_bytes("8 MB"), parse_bytes("1 KiB"), parse_bytes(512)
-    (8000000, 1024, 512)
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 4000000 or '4 MB'")
-    if isinstance(value, (int, float)):
-        number, unit = value, ""
-    else:
-        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
-        if not match or match.group(2).upper() not in _SIZE_UNITS:
-            raise ValueError(f"{value!r} is not a size; use bytes or a unit such as '4 MB' or '1 MiB'")
-        number, unit = float(match.group(1)), match.group(2).upper()
-    size = int(number * _SIZE_UNITS[unit])
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {value!r}")
-    return size
-
-
-ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
-
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,31 +31,34 @@ class _Section(BaseModel):
 class FileSpec(_Section):
     """One input file and, for per-file labelled datasets, its class."""
 
-    url: str = Field(description="Local path, root:// or https:// URL")
-    label: int | None = Field(default=None, ge=0, description="Class of every event in this file")
+    url: Text = Field(description="Local path, root:// or https:// URL")
+    label: Label | None = Field(default=None, description="Class of every event in this file")
 
 
 class SampleConfig(_Section):
     """A named group of files (a physics dataset such as ``ggH_4mu``) sharing a label and a tree."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    name: Name
     files: list[FileSpec] = Field(default_factory=list)
-    file_list: Path | None = Field(default=None, description="Text file: one URL or glob per line, optional label, # comments")
-    label: int | None = Field(default=None, ge=0, description="Class of the sample's files that name none")
-    tree: str | None = Field(default=None, description="Tree to read; unset: dataset.tree")
+    file_list: FilePath | None = Field(default=None,
+                                       description="Text file: one URL or glob per line, optional label, # comments")
+    label: Label | None = Field(default=None, description="Class of the sample's files that name none")
+    tree: Text | None = Field(default=None, description="Tree to read; unset: dataset.tree")
 
 
 class DatasetConfig(_Section):
-    name: str = Field(default="demo", pattern=r"^[A-Za-z0-9._-]+$")
-    tree: str = "Events"
+    name: Name = "demo"
+    tree: Text = "Events"
     files: list[FileSpec] = Field(default_factory=list)
-    file_list: Path | None = Field(default=None, description="Text file: one URL or glob per line, optional label, # comments")
-    samples: list[SampleConfig] = Field(default_factory=list, description="More groups of files, each with its label")
-    redirector: str | None = Field(default=None, description="XRootD redirector for bare LFNs (/store/...)")
-    label_branch: str | None = Field(default=None, description="Per-event label branch, instead of per-file labels")
-    branches: list[str] = Field(default_factory=list, description="Branches to publish: names, globs, /regex/")
-    exclude: list[str] = Field(default_factory=list, description="Branches never published: names, globs, /regex/")
-    define: dict[str, str] = Field(default_factory=dict, description="New branches: name -> expression")
+    file_list: FilePath | None = Field(default=None,
+                                       description="Text file: one URL or glob per line, optional label, # comments")
+    samples: Annotated[list[SampleConfig], no_repeats(lambda sample: sample.name, "sample name")] = Field(
+        default_factory=list, description="More groups of files, each with its label")
+    redirector: Text | None = Field(default=None, description="XRootD redirector for bare LFNs (/store/...)")
+    label_branch: Text | None = Field(default=None, description="Per-event label branch, instead of per-file labels")
+    branches: Names = Field(default_factory=list, description="Branches to publish: names, globs, /regex/")
+    exclude: Names = Field(default_factory=list, description="Branches never published: names, globs, /regex/")
+    define: dict[Identifier, str] = Field(default_factory=dict, description="New branches: name -> expression")
     cuts: list[str] = Field(default_factory=list, description="Event selections, all of which must hold")
 
     @field_validator("define")
@@ -100,38 +79,50 @@ class DatasetConfig(_Section):
     def topic(self) -> str:
         return f"{self.name}.events"
 
+    def labels(self) -> list[tuple[str, int]]:
+        """Every label the file names, with its dotted key (below ``dataset``)."""
+        found = [(f"files.{i}.label", spec.label) for i, spec in enumerate(self.files)]
+        for s, sample in enumerate(self.samples):
+            found += [(f"samples.{s}.label", sample.label)]
+            found += [(f"samples.{s}.files.{i}.label", spec.label) for i, spec in enumerate(sample.files)]
+        return [(key, label) for key, label in found if label is not None]
+
 
 class KafkaConfig(_Section):
-    bootstrap: str | None = Field(default=None, description="host:port[,host:port...]; unset: `hepstream run` and `demo` start the embedded broker")
-    partitions: int = Field(default=4, ge=1, le=1024)
+    bootstrap: Bootstrap | None = Field(default=None, description="host:port[,host:port...]; unset: `hepstream run` and `demo` start the embedded broker")
+    partitions: Count = Field(default=4, le=1024)
     # lz4 published 1.03 M events/s against zstd's 0.96 M in `hepstream bench produce` (2 cores), for 34% more bytes.
     compression: Literal["lz4", "zstd", "none"] = Field(default="lz4", description="Arrow IPC body compression")
     max_message_bytes: ByteSize = Field(default=4_000_000, description="Topic max.message.bytes; chunks stay below it")
-    linger_ms: int = Field(default=5, ge=0)
-    connect_retries: int = Field(default=3, ge=0, description="Attempts after the first to reach the brokers")
-    connect_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for the brokers, per attempt")
+    linger_ms: NonNegativeInt = 5
+    connect_retries: NonNegativeInt = Field(default=3, description="Attempts after the first to reach the brokers")
+    connect_timeout_s: Seconds = Field(default=10.0, description="Longest wait for the brokers, per attempt")
 
 
 class ProducerConfig(_Section):
     step_size: ByteSize = Field(default=2_000_000, description="Uncompressed bytes of branch data per chunk")
-    max_chunk_events: int = Field(default=50_000, ge=1)
-    files_in_flight: int = Field(default=2, ge=1, le=256, description="Files read at once, one thread each")
-    ray_tasks: int = Field(default=0, ge=0, le=4096,
-                           description="Ray worker processes publishing files side by side; 0: threads of this process")
+    max_chunk_events: Count = 50_000
+    files_in_flight: Count = Field(default=2, le=256, description="Files read at once, one thread each")
+    ray_tasks: NonNegativeInt = Field(default=0, le=4096, description="Ray worker processes publishing files side "
+                                      "by side; 0: threads of this process")
     max_in_flight_bytes: ByteSize = Field(default=64_000_000, description="Encoded bytes sent but not yet acknowledged")
-    manifest: Path | None = Field(default=None, description="JSON-lines record of acknowledged chunks, for resuming")
-    retries: int = Field(default=4, ge=0, description="Retries of a file after transient read errors")
-    retry_backoff_s: float = Field(default=1.0, ge=0, description="Wait before the first retry; doubles each time")
-    timeout_s: float = Field(default=30.0, gt=0, description="XRootD/HTTP request timeout")
-    progress_every_s: float = Field(default=10.0, gt=0, description="Interval of progress log lines off a terminal")
+    manifest: FilePath | None = Field(default=None,
+                                      description="JSON-lines record of acknowledged chunks, for resuming")
+    retries: NonNegativeInt = Field(default=4, description="Retries of a file after transient read errors")
+    retry_backoff_s: WaitSeconds = Field(default=1.0, description="Wait before the first retry; doubles each time")
+    timeout_s: Seconds = Field(default=30.0, description="XRootD/HTTP request timeout")
+    progress_every_s: Seconds = Field(default=10.0, description="Interval of progress log lines off a terminal")
+    follow: bool = Field(default=False, description="Keep listing the inputs and publish files as they land")
+    poll_s: Seconds = Field(default=2.0, description="Interval between listings of the inputs when following")
+    settle_s: WaitSeconds = Field(default=2.0, description="A followed file is complete once unchanged this long")
 
 
 class JaggedFeature(_Section):
     """A collection such as ``Muon_*``: the first ``length`` objects, padded, with a mask."""
 
-    branches: list[str] = Field(min_length=1)
-    length: int = Field(default=4, ge=1, le=1024)
-    sort_by: str | None = Field(default=None, description="Branch to order objects by, descending (e.g. Muon_pt)")
+    branches: Names = Field(min_length=1)
+    length: Count = Field(default=4, le=1024)
+    sort_by: Text | None = Field(default=None, description="Branch to order objects by, descending (e.g. Muon_pt)")
 
     @model_validator(mode="after")
     def _sort_key_is_selected(self) -> JaggedFeature:
@@ -143,7 +134,7 @@ class JaggedFeature(_Section):
 class DerivedFeature(_Section):
     """A branch computed from others, e.g. ``HT: sum(Jet_pt)``; usable wherever a branch name is."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: Identifier
     expr: str = Field(description="Arithmetic over branches; see docs/training.md for the functions")
 
     @field_validator("expr")
@@ -154,7 +145,7 @@ class DerivedFeature(_Section):
 
 
 class FeaturesConfig(_Section):
-    flat: list[str] = Field(default_factory=lambda: ["MET_pt", "nMuon", "nJet"])
+    flat: Names = Field(default_factory=lambda: ["MET_pt", "nMuon", "nJet"])
     jagged: list[JaggedFeature] = Field(
         default_factory=lambda: [
             JaggedFeature(branches=["Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass"], length=4),
@@ -162,8 +153,18 @@ class FeaturesConfig(_Section):
         ]
     )
     normalize: bool = True
-    derived: list[DerivedFeature] = Field(default_factory=list, description="Computed branches, in order")
-    weight: str | None = Field(default=None, description="Branch holding each event's training weight")
+    derived: Annotated[list[DerivedFeature], no_repeats(lambda derived: derived.name, "derived name")] = Field(
+        default_factory=list, description="Computed branches, in order")
+    weight: Text | None = Field(default=None, description="Branch holding each event's training weight")
+
+    @model_validator(mode="after")
+    def _flat_or_jagged(self) -> FeaturesConfig:
+        for c, collection in enumerate(self.jagged):
+            both = [name for name in collection.branches if name in self.flat]
+            if both:
+                raise KeyedError(f"jagged.{c}.branches", f"{both} also in features.flat: a branch holds one number "
+                                 "per event (flat) or one per object (jagged), so list it in one of the two")
+        return self
 
     @property
     def branches(self) -> list[str]:
@@ -182,27 +183,28 @@ class FeaturesConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    batch_size: int = Field(default=512, ge=1)
+    batch_size: Count = 512
     learning_rate: float = Field(default=2e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    chunks_per_step: int = Field(default=8, ge=1, description="Chunks learned together, shuffled")
-    group_wait_s: float = Field(default=2.0, ge=0, description="Longest wait for a group of chunks to fill")
-    checkpoint_every_s: float = Field(default=3.0, gt=0, description="Publish a model version at most this often")
+    chunks_per_step: Count = Field(default=8, description="Chunks learned together, shuffled")
+    group_wait_s: WaitSeconds = Field(default=2.0, description="Longest wait for a group of chunks to fill")
+    checkpoint_every_s: Seconds = Field(default=3.0, description="Publish a model version at most this often")
+    topic_wait_s: Seconds = Field(default=60.0, description="Longest wait for the dataset's topic to exist at start")
     metrics_window: int = Field(default=20_000, ge=100, description="Events in the sliding window of running metrics")
-    seed: int = 0
-    threads: int = Field(default=1, ge=1, description="torch intra-op threads of one trainer")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="numpy's generators take no negative seed")
+    threads: Count = Field(default=1, description="torch intra-op threads of one trainer")
     mixed_precision: bool = Field(default=False, description="bfloat16 autocast (CPU) or float16 with loss scaling (CUDA)")
     cuda_graphs: bool = Field(default=False, description="On CUDA, replay each full minibatch's step as a captured "
                               "CUDA graph (full precision, models without dropout or batch norm); ignored elsewhere")
     start: str = Field(default="earliest", description="Where a partition without checkpoint starts: earliest, "
                        "latest, committed, or a time (ISO 8601 or epoch milliseconds)")
-    epochs: int = Field(default=1, ge=1, description="Passes over the retained topic; the last one follows the live stream")
+    epochs: Count = Field(default=1, description="Passes over the retained topic; the last one follows the live stream")
     dead_letter: bool = Field(default=True, description="Send undecodable messages to <dataset>.dead-letter")
     drift_delta: float = Field(default=0.002, gt=0, lt=1, description="ADWIN confidence on the loss stream")
-    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus metrics port (127.0.0.1)")
-    workers: int = Field(default=1, ge=1, description="Trainer workers (Ray actors) sharing the topic's partitions, "
+    metrics_port: PortOrAny | None = Field(default=None, description="Prometheus metrics port (127.0.0.1); 0: any")
+    workers: Count = Field(default=1, description="Trainer workers (Ray actors) sharing the topic's partitions, "
                          "parameters averaged between rounds")
-    round_groups: int = Field(default=1, ge=1, description="Groups each worker learns per round before averaging")
+    round_groups: Count = Field(default=1, description="Groups each worker learns per round before averaging")
 
     @field_validator("start")
     @classmethod
@@ -232,65 +234,76 @@ def start_timestamp_ms(start: str) -> int | None:
 
 
 class StoreConfig(_Section):
-    path: Path = Path("hepstream-store")
-    keep: int = Field(default=20, ge=1, description="Newest versions kept on disk")
+    path: FilePath = Path("hepstream-store")
+    keep: Count = Field(default=20, description="Newest versions kept on disk")
 
 
 class AutoscalingConfig(_Section):
     """Ray Serve autoscaling: the replica count follows the requests in flight per replica."""
 
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=4, ge=1)
+    min_replicas: NonNegativeInt = 1
+    max_replicas: Count = 4
     target_ongoing_requests: float = Field(default=16.0, gt=0, description="Requests in flight per replica to aim for")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+            raise KeyedError("min_replicas", f"{self.min_replicas} exceeds max_replicas ({self.max_replicas}): "
+                             "write a min_replicas no larger than max_replicas")
         return self
 
 
 class HttpConfig(_Section):
     """Where the server answers, and the largest requests it takes."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    max_events_per_request: int = Field(default=100_000, ge=1)
+    host: Host = "127.0.0.1"
+    port: Port = 8000
+    max_events_per_request: Count = 100_000
     max_request_bytes: ByteSize = Field(default=64_000_000, description="Larger request bodies get 413")
 
 
 class AuthConfig(_Section):
-    tokens_file: Path | None = Field(default=None, description="File of bearer tokens, one per line")
-    tokens_env: str = Field(default="HEPSTREAM_TOKENS", description="Environment variable of comma-separated tokens")
+    tokens_file: FilePath | None = Field(default=None, description="File of bearer tokens, one per line")
+    tokens_env: EnvironmentVariable = Field(default="HEPSTREAM_TOKENS",
+                                            description="Environment variable of comma-separated tokens")
 
 
 class BatchingConfig(_Section):
-    max_size: int = Field(default=32, ge=1, description="Requests scored together by one model call")
-    wait_timeout_s: float = Field(default=0.0, ge=0,
-                                  description="Longest wait for a batch to fill; 0 batches what is waiting")
+    max_size: Count = Field(default=32, description="Requests scored together by one model call")
+    wait_timeout_s: WaitSeconds = Field(default=0.0, description="Longest wait for a batch to fill; 0 batches what "
+                                        "is waiting")
 
 
 class ScalingConfig(_Section):
-    replicas: int = Field(default=1, ge=1, description="Ray Serve replicas, when autoscaling is unset")
+    replicas: Count = Field(default=1, description="Ray Serve replicas, when autoscaling is unset")
     autoscaling: AutoscalingConfig | None = None
-    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one replica accepts at once")
+    max_ongoing_requests: Count = Field(default=64, description="Requests one replica accepts at once")
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> ScalingConfig:
+        if self.autoscaling is not None and "replicas" in self.model_fields_set:
+            raise KeyedError("replicas", "is ignored when serve.scaling.autoscaling is set: remove one of the two")
+        return self
+
+    @property
+    def most_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling is not None else self.replicas
 
 
 class VersionsConfig(_Section):
     """How replicas find, swap to and keep model versions."""
 
-    poll_interval_s: float = Field(default=0.5, gt=0, le=60, description="How often each replica looks for a newer version")
-    swap_delay_s: float = Field(default=1.0, ge=0, le=60,
-                                description="Replicas swap to a version this long after its publication, together")
-    pinned_cached: int = Field(default=4, ge=0, description="Older versions kept loaded for pinned requests")
+    poll_interval_s: Seconds = Field(default=0.5, le=60, description="How often each replica looks for a newer version")
+    swap_delay_s: WaitSeconds = Field(default=1.0, le=60, description="Replicas swap to a version this long after "
+                                      "its publication, together")
+    pinned_cached: NonNegativeInt = Field(default=4, description="Older versions kept loaded for pinned requests")
 
 
 class RayStartConfig(_Section):
     """Settings Ray and Serve read only when Ray starts (``hepstream serve`` starts it with them)."""
 
-    direct_ingress_port: int | None = Field(default=None, ge=1, le=65535,
-                                            description="Replicas also answer HTTP on ports of their own from this "
-                                                        "one up, skipping Serve's proxy")
+    direct_ingress_port: Port | None = Field(default=None, description="Replicas also answer HTTP on ports of "
+                                             "their own from this one up, skipping Serve's proxy")
     haproxy: bool = Field(default=False,
                           description="Serve's HAProxy ingress answers on serve.http.host:port instead of its Python "
                                       "proxy, forwarding to the replicas' own ports (from direct_ingress_port, or "
@@ -313,6 +326,10 @@ _FLAT_SERVE_KEYS = {
     "direct_ingress_port": ("ray", "direct_ingress_port"), "haproxy": ("ray", "haproxy"),
     "ray_metrics": ("ray", "metrics"),
 }
+
+
+# Where replicas' own ports start under serve.ray.haproxy when direct_ingress_port is unset.
+DEFAULT_DIRECT_INGRESS_PORT = 30000
 
 
 class ServeConfig(_Section):
@@ -344,6 +361,38 @@ class ServeConfig(_Section):
             warnings.warn(f"serve.{old} is deprecated: write serve.{section}.{key}", FutureWarning, stacklevel=2)
         return moved
 
+    @property
+    def replica_ports(self) -> range | None:
+        """The ports replicas answer on themselves (direct ingress), two per replica for redeploys; None: none."""
+        first = self.ray.direct_ingress_port
+        if first is None and not self.ray.haproxy:
+            return None
+        first = first or DEFAULT_DIRECT_INGRESS_PORT
+        return range(first, first + 2 * self.scaling.most_replicas)
+
+    @model_validator(mode="after")
+    def _replica_ports_fit(self) -> ServeConfig:
+        ports = self.replica_ports
+        if ports is None:
+            return self
+        if ports.stop - 1 > 65535:
+            raise KeyedError("ray.direct_ingress_port", f"replicas would answer on ports {ports.start}.."
+                             f"{ports.stop - 1}, past 65535: write a direct_ingress_port of at most "
+                             f"{65536 - len(ports)}")
+        if self.http.port in ports:
+            raise KeyedError("http.port", f"{self.http.port} is among the replicas' own ports {ports.start}.."
+                             f"{ports.stop - 1} (serve.ray): choose another port, or move "
+                             "serve.ray.direct_ingress_port")
+        return self
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> ServeConfig:
+        if self.batching.max_size > self.scaling.max_ongoing_requests:
+            raise KeyedError("batching.max_size", f"{self.batching.max_size} exceeds serve.scaling."
+                             f"max_ongoing_requests ({self.scaling.max_ongoing_requests}), the most requests a replica "
+                             "holds to batch: write at most that, or raise max_ongoing_requests")
+        return self
+
 
 class Config(_Section):
     """The whole pipeline: what to read, where to stream it, how to learn and serve."""
@@ -360,10 +409,16 @@ class Config(_Section):
     @model_validator(mode="after")
     def _chunks_fit_messages(self) -> Config:
         if self.producer.step_size > self.kafka.max_message_bytes:
-            raise ValueError(
-                f"producer.step_size ({self.producer.step_size} B) exceeds "
-                f"kafka.max_message_bytes ({self.kafka.max_message_bytes} B)"
-            )
+            raise KeyedError("producer.step_size", f"{self.producer.step_size} B exceeds kafka.max_message_bytes "
+                             f"({self.kafka.max_message_bytes} B): write a smaller step_size, or raise the limit")
+        return self
+
+    @model_validator(mode="after")
+    def _labels_are_classes(self) -> Config:
+        for key, label in self.dataset.labels():
+            if label >= self.model.classes:
+                raise KeyedError(f"dataset.{key}", f"{label} is not a class of model.classes {self.model.classes} "
+                                 f"(labels are 0 .. {self.model.classes - 1}): write model.classes: {label + 1}")
         return self
 
     @model_validator(mode="after")
@@ -371,11 +426,11 @@ class Config(_Section):
         if self.training.workers == 1:
             return self
         if not MODEL_KINDS[self.model.kind].averageable:
-            raise ValueError(f"training.workers is {self.training.workers}, but a {self.model.kind!r} model "
+            raise KeyedError("training.workers", f"is {self.training.workers}, but a {self.model.kind!r} model "
                              "has no parameters to average: set training.workers: 1")
         if self.training.epochs > 1:
-            raise ValueError(f"training.workers > 1 follows the live stream only: set training.epochs: 1 "
-                             f"(got {self.training.epochs})")
+            raise KeyedError("training.epochs", f"is {self.training.epochs}, but training.workers > 1 follows the "
+                             "live stream only: set training.epochs: 1")
         return self
 
 
@@ -386,12 +441,18 @@ class ConfigError(ValueError):
 def _describe(error: ValidationError, source: str) -> str:
     lines = [f"{source}: {error.error_count()} problem(s)"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            hint = did_you_mean(str(item["loc"][-1]), _known_keys(item["loc"][:-1]))
+        loc, message = list(item["loc"]), item["msg"]
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, ValueError):
+            message = str(cause)  # without pydantic's "Value error, " before our own sentence
+        if isinstance(cause, KeyedError):
+            loc += cause.key.split(".")
+        elif item["type"] == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), _known_keys(item["loc"][:-1]))
             message = f"unknown key; {hint}" if hint else "unknown key"
-        lines.append(f"  {key}: {message}")
+        elif isinstance(item["input"], (int, float, str)) and item["type"] != "value_error":
+            message = f"{message} (got {item['input']!r})"
+        lines.append(f"  {'.'.join(map(str, loc)) or '(top level)'}: {message}")
     return "\n".join(lines)
 
 

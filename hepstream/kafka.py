@@ -33,6 +33,17 @@ class BrokerUnavailable(RuntimeError):
     """The Kafka brokers did not answer within the connection budget."""
 
 
+class TopicMissing(TimeoutError):
+    """A topic still absent from the brokers after the wait allowed for it: its producer has not run."""
+
+    def __init__(self, topic: str, bootstrap: str, waited_s: float):
+        super().__init__(topic, bootstrap, waited_s)  # the arguments, so that it pickles across Ray
+        self.topic, self.bootstrap, self.waited_s = topic, bootstrap, waited_s
+
+    def __str__(self) -> str:
+        return f"topic {self.topic!r} does not exist on {self.bootstrap} after {self.waited_s:g} s"
+
+
 def client_options(bootstrap: str, kafka: KafkaConfig) -> dict:
     """The connection options every client gets, whatever its role: where the brokers are and how long to wait.
 
@@ -100,23 +111,45 @@ def wait_for_topic(client: KafkaConsumer, topic: str, *, timeout_s: float,
                    stop: threading.Event | None = None) -> list[int]:
     """The topic's partitions, sorted, once it exists: a trainer may start before the producer creates it.
 
-    Raises :class:`TimeoutError` naming the topic and the brokers past
-    ``timeout_s``, or as soon as ``stop`` is set.
+    Raises :class:`TopicMissing` past ``timeout_s``, or as soon as ``stop``
+    is set.
     """
     where = client.config["bootstrap_servers"]
-    found = poll_until(lambda: client.partitions_for_topic(topic), timeout_s=timeout_s, stop=stop,
-                       what=f"topic {topic!r} does not exist on {where}")
+    try:
+        found = poll_until(lambda: client.partitions_for_topic(topic), timeout_s=timeout_s, stop=stop,
+                           what=f"topic {topic!r} does not exist on {where}")
+    except TimeoutError:
+        raise TopicMissing(topic, where, timeout_s) from None
     return sorted(found)
 
 
 def topic_partitions(bootstrap: str, kafka: KafkaConfig, topic: str, *, timeout_s: float,
                      stop: threading.Event | None = None) -> list[int]:
-    """:func:`wait_for_topic` on a consumer of its own, for a caller that consumes nothing yet."""
-    client = new_consumer(bootstrap, kafka)
+    """:func:`wait_for_topic` on a consumer of its own, for a caller that consumes nothing yet.
+
+    Reaching the brokers is retried as :func:`with_broker` does, so that brokers
+    that never answer are a :class:`BrokerUnavailable`, not a client's timeout.
+    """
+    client = with_broker(bootstrap, kafka, "connecting", lambda: new_consumer(bootstrap, kafka))
     try:
         return wait_for_topic(client, topic, timeout_s=timeout_s, stop=stop)
     finally:
         client.close()
+
+
+def end_offsets(bootstrap: str, kafka: KafkaConfig, topic: str, *, timeout_s: float) -> dict[int, int]:
+    """Each partition's next offset to be written: beside a trainer's offsets, how far it lags."""
+
+    def attempt() -> dict[int, int]:
+        client = new_consumer(bootstrap, kafka)
+        try:
+            partitions = wait_for_topic(client, topic, timeout_s=timeout_s)
+            ends = client.end_offsets([TopicPartition(topic, partition) for partition in partitions])
+            return {tp.partition: offset for tp, offset in ends.items()}
+        finally:
+            client.close()
+
+    return with_broker(bootstrap, kafka, f"reading the end offsets of {topic!r}", attempt)
 
 
 def commit_request(topic: str, offsets: dict[int, int]) -> dict[TopicPartition, OffsetAndMetadata]:

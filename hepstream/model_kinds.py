@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union, get_args
 
+from hepstream.config_types import Count, Name
 from pydantic import BaseModel, ConfigDict, Field, WrapValidator, field_validator
 
 DEFAULT_KIND = "mlp"
@@ -30,20 +31,21 @@ class _ModelSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(default="demo", pattern=r"^[A-Za-z0-9._-]+$")
+    name: Name = "demo"
     classes: int = Field(default=2, ge=2, description="Number of classes; labels are 0 .. classes-1")
 
 
 class MLPConfig(_ModelSection):
     kind: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    hidden: list[Count] = Field(default_factory=lambda: [64, 64], description="Widths; none: logistic regression")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class DeepSetsConfig(_ModelSection):
     kind: Literal["deepsets"] = "deepsets"
-    set_hidden: list[int] = Field(default_factory=lambda: [32, 32], description="Per-object network of deepsets")
-    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    set_hidden: list[Count] = Field(default_factory=lambda: [32, 32], min_length=1,
+                                    description="Per-object network of deepsets; its last width is what is pooled")
+    hidden: list[Count] = Field(default_factory=lambda: [64, 64])
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 

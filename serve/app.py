@@ -7,9 +7,9 @@ Ray: the baseline and its tests start in one second, not three.
 
 The app speaks three protocols over one scoring core (``scoring.py``): the
 native API (``v1.py``), the Open Inference Protocol (``v2.py``) and TFaaS
-(``tfaas.py``); plus Prometheus ``/metrics``. Around them, from the outside
-in: metrics count every answer, bearer tokens are checked, body sizes are
-limited.
+(``tfaas.py``); plus Prometheus ``/metrics`` and the ``/ui`` page
+(``ui.py``). Around them, from the outside in: metrics count every answer,
+bearer tokens are checked, body sizes are limited.
 
 Every error is JSON ``{"error": message, "field": field}``. Client mistakes get
 a 4xx naming the field; a 5xx means a bug or a broken model, and the server
@@ -40,6 +40,7 @@ from hepstream.serve.errors import RequestError
 from hepstream.serve.limits import BodyLimit
 from hepstream.serve.metrics import Metrics, MetricsMiddleware
 from hepstream.serve.scoring import Serving
+from hepstream.serve.ui import ui_router
 from hepstream.serve.watcher import ModelWatcher, pin_path
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ def create_app(store: ModelStore, *, model_name: str, settings: ServeConfig = Se
     """Build the app for one model.
 
     ``store`` is a ``hepstream.models.store.ModelStore`` or anything with its
-    ``versions()``, ``latest()`` and ``load(version)``. ``settings`` is the
+    ``versions()``, ``latest()``, ``load(version)``, ``read_meta(version)``
+    (for ``/ui``) and ``model``. ``settings`` is the
     configuration's ``serve`` section. ``replica`` labels this app's
     metrics. The watcher runs while the app's lifespan does; the watcher,
     the scoring core and the metrics are at ``app.state``.
@@ -83,6 +85,7 @@ def create_app(store: ModelStore, *, model_name: str, settings: ServeConfig = Se
     app.include_router(v1.v1_router(serving, settings.http.max_events_per_request))
     app.include_router(v2.v2_router(serving, settings.http.max_events_per_request))
     app.include_router(tfaas.tfaas_router(serving))
+    app.include_router(ui_router(store))
 
     @app.get("/metrics", summary="Prometheus metrics of this replica")
     async def prometheus() -> Response:

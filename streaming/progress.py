@@ -25,6 +25,12 @@ class Progress:
         self.files_total = files
         self.started = time.monotonic()
 
+    def found(self, files: int) -> None:
+        """More files to publish than :meth:`start` said: a follower finds them as they land."""
+        with self._lock:
+            self.files_total += files
+        self._show()
+
     def advance(self, events: int, nbytes: int) -> None:
         with self._lock:
             self.events += events
@@ -93,7 +99,7 @@ class BarProgress(LogProgress):
 
     def _show(self) -> None:
         if self._files is not None:
-            self._bars.update(self._files, completed=self.files_done, figures=self.line().split(", ", 1)[1])
+            self._bars.update(self._files, total=self.files_total, completed=self.files_done, figures=self.line().split(", ", 1)[1])
 
     def close(self, report) -> None:
         self._bars.stop()

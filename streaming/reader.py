@@ -231,6 +231,17 @@ def check_selection(source: Source, plan: ReadPlan, entries: int) -> None:
         plan.selection.try_on(tree.arrays(names, entry_stop=min(entries, tree.num_entries)))
 
 
+def written_end(source: Source, timeout_s: float) -> int:
+    """Where the file's last record ends, per its header (ROOT's ``fEND``), once its tree opens.
+
+    A file still being copied or written opens, tree included, long before its
+    baskets are all there; a file shorter than this end is not whole yet.
+    """
+    file, _ = _open_tree(source, timeout_s)
+    with file:
+        return file.file.fEND
+
+
 def iterate_chunks(url: str, plan: ReadPlan, label: int | None = None) -> Iterator[Chunk]:
     """The chunks of one file's ``plan.tree`` as the wire carries them, for tools and tests."""
     for read in FileReader(Source(url, plan.tree, label), plan):

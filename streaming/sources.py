@@ -58,10 +58,34 @@ def read_file_list(path: Path, default_label: int | None = None) -> list[FileSpe
     return specs
 
 
+def remote_glob(url: str) -> list[str]:
+    """The files an XRootD glob matches, as ``root://host//path`` URLs (sorted), through the server's listing.
+
+    >>> remote_glob("root://host//data/a.root")  # no wildcard: the URL itself, nothing asked
+    ['root://host//data/a.root']
+    """
+    if not _GLOB_CHARS & set(url.split("//", 2)[-1]):
+        return [url]
+    from fsspec.core import url_to_fs
+
+    filesystem, pattern = url_to_fs(url)
+    filesystem.invalidate_cache()  # fsspec keeps listings; a follower asks again for what has landed since
+    server = url[: url.index("/", len("root://"))]
+    return sorted(f"{server}//{path.lstrip('/')}" for path in filesystem.glob(pattern))
+
+
 def _expand(url: str, redirector: str | None) -> list[str]:
-    """An LFN through the redirector, a local glob to its matches (sorted), anything else as it is."""
+    """An LFN through the redirector, a folder (``/`` at the end) to its ``*.root``, a glob to its matches (sorted).
+
+    Local globs are matched on this machine, ``root://`` ones by listing the
+    XRootD server's folder; any other URL is taken as it is.
+    """
     if redirector and url.startswith(LFN_PREFIX):
-        return [f"root://{redirector.removeprefix('root://').rstrip('/')}/{url}"]
+        url = f"root://{redirector.removeprefix('root://').rstrip('/')}/{url}"
+    if url.endswith("/"):
+        url += "*.root"
+    if url.startswith("root://"):
+        return remote_glob(url)
     if is_remote(url) or not _GLOB_CHARS & set(url):
         return [url]
     return sorted(glob.glob(url))

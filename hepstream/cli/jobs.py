@@ -33,6 +33,10 @@ def add_parser(subparsers) -> None:
         parser = subparsers.add_parser(name, help=text)
         config_argument(parser)
         parser.set_defaults(run=run)
+        if run is run_produce:
+            parser.add_argument("--follow", action="store_true",
+                                help="keep listing the inputs and publish files as they land, until interrupted "
+                                     "(sets producer.follow)")
 
 
 def _load(args) -> tuple[Config, str | None]:
@@ -55,9 +59,12 @@ def _wait_for_signal() -> threading.Event:
 
 
 def run_produce(args) -> int:
-    """Exit 0 when every file went through, 1 when any failed, 3 when the brokers cannot be reached."""
+    """Exit 0 when every file went through, 1 when any failed, 3 when the brokers cannot be reached.
+
+    Following (``--follow``), it runs until interrupted and exits 0 then; failed files are in the report.
+    """
     from hepstream.kafka import BrokerUnavailable
-    from hepstream.streaming.producer import Producer, tune_malloc_for_chunks
+    from hepstream.streaming.producer import tune_malloc_for_chunks
     from hepstream.streaming.progress import progress_for
 
     config, bootstrap = _load(args)
@@ -67,23 +74,43 @@ def run_produce(args) -> int:
     tune_malloc_for_chunks()
     progress = progress_for(every_s=config.producer.progress_every_s)
     bootstrap = _require_bootstrap(bootstrap)
+    follow = getattr(args, "follow", False) or config.producer.follow  # callers' own Namespaces may lack the flag
     try:
-        if config.producer.ray_tasks:
-            from hepstream.streaming.distributed import produce_on_ray
-
-            report = produce_on_ray(config, bootstrap, progress=progress)
-        else:
-            producer = Producer(config, bootstrap, progress=progress)
-            try:
-                report = producer.run()
-            finally:
-                producer.close()
+        report, extra = (_follow if follow else _produce_once)(config, bootstrap, progress)
     except BrokerUnavailable as error:
-        print(f"hepstream produce: {error}", file=sys.stderr)
-        return 3
+        return _failed("produce", error, 3)
     progress.close(report)
-    print(json.dumps(report.as_dict(), indent=1))
-    return 1 if report.failed else 0
+    print(json.dumps({**report.as_dict(), **extra}, indent=1))
+    return 1 if report.failed and not follow else 0
+
+
+def _produce_once(config: Config, bootstrap: str, progress):
+    """Publish the files found now, on Ray actors or in this process; the report and nothing to add to it."""
+    from hepstream.streaming.producer import Producer
+
+    if config.producer.ray_tasks:
+        from hepstream.streaming.distributed import produce_on_ray
+
+        return produce_on_ray(config, bootstrap, progress=progress), {}
+    producer = Producer(config, bootstrap, progress=progress)
+    try:
+        return producer.run(), {}
+    finally:
+        producer.close()
+
+
+def _follow(config: Config, bootstrap: str, progress):
+    """Publish files as they land until SIGINT or SIGTERM; the report, and which files were pending then."""
+    from hepstream.streaming.follow import Follower
+
+    stop = _wait_for_signal()
+    follower = Follower(config, bootstrap, progress=progress)
+    try:
+        report = follower.run(stop)
+    finally:
+        follower.close()
+    status = follower.status().as_dict()
+    return report, {key: status[key] for key in ("files_already_published", "files_pending")}
 
 
 def _data_parallel_trainer(config: Config, bootstrap: str):
@@ -100,11 +127,49 @@ def _data_parallel_trainer(config: Config, bootstrap: str):
     return data_parallel_trainer(config, bootstrap)
 
 
+def _produce_command(args) -> str:
+    """The ``hepstream produce`` that publishes what this command's configuration reads."""
+    options = [f"--config {args.config}"] if args.config else []
+    options += [f"--bootstrap {args.bootstrap}"] if args.bootstrap else []
+    return " ".join(["hepstream produce", *options])
+
+
+def _topic_is_there(config: Config, bootstrap: str, args, stop: threading.Event) -> int:
+    """Wait ``training.topic_wait_s`` for the dataset's topic, before a trainer is built or Ray started.
+
+    Returns 0 once it exists, else the exit status after one line on stderr:
+    3 when the brokers do not answer, 2 when the topic never comes (its
+    producer has not run: the line gives the command that publishes it).
+    """
+    from hepstream.kafka import BrokerUnavailable, TopicMissing, topic_partitions
+
+    try:
+        topic_partitions(bootstrap, config.kafka, config.dataset.topic, timeout_s=config.training.topic_wait_s,
+                         stop=stop)
+    except BrokerUnavailable as error:
+        return _failed("train", error, 3)
+    except TopicMissing as missing:
+        if stop.is_set():
+            raise KeyboardInterrupt from None
+        return _failed("train", f"{missing}; publish to it first: {_produce_command(args)}", 2)
+    return 0
+
+
+def _failed(command: str, problem, status: int) -> int:
+    """A job that cannot start: one line naming the command and the problem, no traceback."""
+    print(f"hepstream {command}: {problem}", file=sys.stderr)
+    return status
+
+
 def run_train(args) -> int:
     from hepstream.models.trainer import StreamTrainer
 
     config, bootstrap = _load(args)
     bootstrap = _require_bootstrap(bootstrap)
+    stop = _wait_for_signal()
+    status = _topic_is_there(config, bootstrap, args, stop)
+    if status:
+        return status
     if config.training.workers > 1:
         trainer = _data_parallel_trainer(config, bootstrap)
     else:
@@ -115,7 +180,7 @@ def run_train(args) -> int:
         _, port = serve_metrics(config.model.name, trainer.status, config.training.metrics_port)
         print(f"trainer metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
     try:
-        trainer.run(_wait_for_signal())
+        trainer.run(stop)
     finally:
         if config.training.workers > 1:
             import ray

@@ -32,7 +32,7 @@ def _store(args):
     return ModelStore(config.store.path, args.model or config.model.name, config.store.keep)
 
 
-def _version(store, args) -> int:
+def chosen_version(store, args) -> int:
     version = args.version if args.version is not None else store.latest()
     if version is None or version not in store.versions():
         raise ConfigError(f"model {store.model!r} in {store.root} has no version {version} "
@@ -51,11 +51,11 @@ def run(args) -> int:
                          "auc": meta.metrics.get("auc"), "log_loss": meta.metrics.get("log_loss")})
         print(json.dumps({"model": store.model, "store": str(store.root), "versions": rows}, indent=1))
     elif args.action == "show":
-        print(store.read_meta(_version(store, args)).to_json())
+        print(store.read_meta(chosen_version(store, args)).to_json())
     else:
         from hepstream.models.export import export
 
-        version = _version(store, args)
+        version = chosen_version(store, args)
         target = export(store.load(version), args.output, args.format)
         print(json.dumps({"model": store.model, "version": version, "format": args.format, "file": str(target)}))
     return 0

@@ -1,6 +1,9 @@
+import typing
+
 import pytest
 
-from hepstream.config import Config, ConfigError, config_from_dict, load_config, parse_bytes
+from hepstream.config import Config, ConfigError, config_from_dict, load_config
+from hepstream.config_types import parse_bytes
 
 
 def test_empty_file_gives_one_machine_defaults(tmp_path):
@@ -57,7 +60,7 @@ def test_an_unknown_key_suggests_the_nearest_keys_of_its_section(data, line):
 
 
 def test_chunks_must_fit_in_messages():
-    with pytest.raises(ConfigError, match=r"producer.step_size .* exceeds kafka.max_message_bytes"):
+    with pytest.raises(ConfigError, match=r"producer.step_size: .* exceeds kafka.max_message_bytes"):
         config_from_dict({"producer": {"step_size": "8 MB"}, "kafka": {"max_message_bytes": "4 MB"}})
 
 
@@ -88,16 +91,37 @@ def _keys(model, prefix=""):
         if hasattr(type(default), "model_fields") and not isinstance(default, list):
             yield from _keys(type(default), f"{prefix}{name}.")
         else:
-            yield f"{prefix}{name}"
+            yield f"{prefix}{name}", field
 
 
-def test_every_key_is_documented():
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _bounds(field) -> str:
+    """The numeric bounds of a field, ``(>= 1, <= 65535)``, or of its items or optional type; "" when it has none."""
+    found = list(field.metadata)
+    for member in typing.get_args(field.annotation):  # Port | None, list[Count]: the bounds are on the member
+        found += [rule for info in getattr(member, "__metadata__", ()) for rule in getattr(info, "metadata", [info])]
+    parts = sorted((list(_BOUNDS).index(name), f"{_BOUNDS[name]} {_plain(getattr(rule, name))}")
+                   for rule in found for name in _BOUNDS if hasattr(rule, name))
+    return f"({', '.join(part for _, part in parts)})" if parts else ""
+
+
+def test_every_key_is_documented_with_its_bounds():
     from pathlib import Path
 
     reference = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
-    missing = [key for key in _keys(Config) if f"`{key}`" not in reference]
+    rows = {line.split("`")[1]: line for line in reference.splitlines() if line.startswith("| `")}
+    missing = [key for key, _ in _keys(Config) if key not in rows]
     assert not missing, f"docs/configuration.md lacks {missing}"
+    unbounded = [f"{key} {_bounds(field)}" for key, field in _keys(Config) if _bounds(field) not in rows[key]]
+    assert not unbounded, f"docs/configuration.md does not give these keys' bounds: {unbounded}"
     assert len(list(_keys(Config))) > 25
+    assert _bounds(Config.model_fields["training"].annotation.model_fields["metrics_port"]) == "(>= 0, <= 65535)"
 
 
 def test_expressions_are_checked_when_the_file_is_read():
@@ -107,8 +131,8 @@ def test_expressions_are_checked_when_the_file_is_read():
             "features": {"derived": [{"name": "HT", "expr": "sum(Jet_pt).real"}]},
         })
     message = str(caught.value)
-    assert "dataset.define: Value error, expression \"exec('1')\": unknown function 'exec'" in message
-    assert "dataset.cuts: Value error, expression \"MET_pt >\": not valid syntax" in message
+    assert "dataset.define: expression \"exec('1')\": unknown function 'exec'" in message
+    assert "dataset.cuts: expression \"MET_pt >\": not valid syntax" in message
     assert "features.derived.0.expr:" in message and "Attribute" in message
 
 
@@ -164,4 +188,4 @@ def test_serve_sections_report_problems_by_their_dotted_keys():
         config_from_dict({"serve": {"http": {"port": -1}, "scaling": {"autoscaling": {"min_replicas": 5,
                                                                                       "max_replicas": 2}}}})
     message = str(caught.value)
-    assert "serve.http.port:" in message and "serve.scaling.autoscaling:" in message
+    assert "serve.http.port:" in message and "serve.scaling.autoscaling.min_replicas: 5 exceeds" in message

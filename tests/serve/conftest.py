@@ -89,6 +89,9 @@ class StandinStore:
         time.sleep(spec.get("load_delay_s", 0.0))
         return StandinModel(self.model, version, spec)
 
+    def read_meta(self, version: int) -> VersionMeta:
+        return StandinModel(self.model, version, json.loads((self.folder / f"{version}.json").read_text())).meta
+
     def publish(self, version: int, **spec) -> None:
         self._write(version, json.dumps(spec))
 
