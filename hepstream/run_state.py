@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,14 @@ def state_dir(store_path: str | Path) -> Path:
 
 def state_path(store_path: str | Path) -> Path:
     return state_dir(store_path) / "state.json"
+
+
+def write_json_atomically(path: Path, data) -> None:
+    """A reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,9 +91,7 @@ class RunState:
         return next((s for s in self.stages if s.name == name), None)
 
     def write(self, path: Path) -> None:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(dataclasses.asdict(self), indent=1))
-        os.replace(temporary, path)
+        write_json_atomically(path, dataclasses.asdict(self))
 
     @classmethod
     def read(cls, path: Path) -> RunState | None:

@@ -102,7 +102,8 @@ def test_run_on_the_embedded_broker_publishes_trains_serves_and_survives_a_kille
         assert state.broker_pid is not None
         status = _settled(pipeline, service, events)
         assert status["events_published"] == events and status["lag_events"] == 0
-        assert status["files_published"] == 2 and status["files_failed"] == 0
+        assert status["files_published"] == status["files_seen"] == 2 and status["files_failed"] == 0
+        assert status["stages"]["producer"]["state"] == "running" and status["files_pending"] == []  # following
         assert sum(_end_offsets(state.bootstrap, KafkaConfig(), state.topic).values()) == status["messages"] > 0
         store = ModelStore(state.store, "mine")
         assert status["version_newest"] == store.latest()

@@ -64,13 +64,22 @@ def service_config(user: dict, bootstrap: str, folder: Path, metrics_port: int) 
 
 
 def _stages(config_file: Path, folder: Path, policy: RestartPolicy) -> list[Stage]:
-    command = (sys.executable, "-m", "hepstream")
+    def job(name: str, *more: str) -> tuple[str, ...]:
+        return (sys.executable, "-m", "hepstream", name, "--config", str(config_file), *more)
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return [
-        Stage(StageSpec(name, (*command, job, "--config", str(config_file)), finished), folder, policy, env)
-        for name, job, finished in (("trainer", "train", frozenset()), ("server", "serve", frozenset()),
-                                    ("producer", "produce", frozenset({0, 1})))
+        Stage(StageSpec("trainer", job("train")), folder / "logs", policy, env),
+        Stage(StageSpec("server", job("serve")), folder / "logs", policy, env),
+        # Exit 0 or 1 (some files failed): it has published what it found and, not following, is done.
+        Stage(StageSpec("producer", job("produce", "--status-file", str(follow_status_path(folder))),
+                        frozenset({0, 1})), folder / "logs", policy, env),
     ]
+
+
+def follow_status_path(folder: Path) -> Path:
+    """Where the following producer keeps what it has seen and done (``hepstream produce --status-file``)."""
+    return folder / "producer.status.json"
 
 
 def run(args) -> int:
@@ -106,7 +115,8 @@ def run(args) -> int:
         if broker is not None:
             _resume_on_new_log(service, progress)
         policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window_s)
-        stages = _stages(config_file, folder / "logs", policy)
+        follow_status_path(folder).unlink(missing_ok=True)  # an earlier run's
+        stages = _stages(config_file, folder, policy)
         state_file = state_path(config.store.path)
         stack.callback(state_file.unlink, missing_ok=True)
         started = time.time()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,8 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from hepstream.cli.jobs import config_argument
+from hepstream.cli.run import follow_status_path
 from hepstream.config import KafkaConfig, load_config
-from hepstream.run_state import RunState, state_path
+from hepstream.run_state import RunState, state_dir, state_path
 
 PROBE_TIMEOUT_S = 2.0
 # A counter's family holds its "_total" sample and, for counters of prometheus_client's own, a "_created" time.
@@ -100,21 +102,29 @@ def _rate(before: float | None, after: float | None, seconds: float) -> float | 
     return None if before is None or after is None else round((after - before) / seconds, 1)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return {}
+
+
 def _producer(state: RunState) -> dict:
-    """Acknowledged chunks per the manifest; failures from the producer's report, once it has finished."""
+    """Acknowledged chunks per the manifest; files seen and failed from the following producer's status file,
+    or, not following, from its report once it has finished."""
     from hepstream.streaming.manifest import acknowledged
 
     published = acknowledged(state.manifest)
+    follower = _read_json(follow_status_path(state_dir(state.store)))
     stage = state.stage("producer")
     report = {}
-    if stage is not None and stage.state in ("finished", "waiting", "failed") and stage.output:
-        try:
-            with open(stage.output) as output:
-                report = json.load(output)
-        except (OSError, ValueError):
-            report = {}
-    failures = report.get("failures", {})
-    return {"files_published": published.files, "files_failed": len(failures), "failures": failures,
+    if not follower and stage is not None and stage.state != "running" and stage.output:
+        report = _read_json(Path(stage.output))
+    failures = follower.get("files_failed", report.get("failures", {}))
+    return {"files_seen": follower.get("files_seen", report.get("files_ok", 0) + len(failures)),
+            "files_published": published.files, "files_pending": follower.get("files_pending", []),
+            "files_failed": len(failures), "failures": failures,
             "events_published": published.events, "chunks_published": published.chunks}
 
 
@@ -174,7 +184,9 @@ def _table(status: dict) -> Table:
             line += f"; last exit: {stage['last_exit']}" + "".join(f"\n  {e}" for e in stage["last_error"][-3:])
         table.add_row(name, line)
     rows = {
-        "files published / failed": f"{status['files_published']} / {status['files_failed']}",
+        "files seen / published / failed": f"{status['files_seen']} / {status['files_published']} / "
+                                           f"{status['files_failed']}",
+        "files pending": len(status["files_pending"]),
         "events published": f"{status['events_published']:,}",
         "topic end offsets": f"{status['topic']}: {status['end_offsets']}",
         "events trained / lag": f"{status['events_trained']:,} / {status['lag_events']:,}",
