@@ -32,11 +32,14 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 @pytest.fixture
 def pipeline(tmp_path) -> Path:
-    files = generate_demo(tmp_path / "data", EVENTS_PER_CLASS, 100, seed=1).train
+    generate_demo(tmp_path / "data", EVENTS_PER_CLASS, 100, seed=1)
     path = tmp_path / "pipeline.yaml"
+    # Globs, which the following producer lists again; the held-out files (holdout_*.root) do not match them.
+    files = [{"url": str(tmp_path / "data" / "signal*.root"), "label": 1},
+             {"url": str(tmp_path / "data" / "background*.root"), "label": 0}]
     path.write_text(yaml.safe_dump({
-        "dataset": {"name": f"run-{tmp_path.name[-12:]}", "files": [{"url": str(p), "label": l} for p, l in files]},
-        "producer": {"max_chunk_events": 400},
+        "dataset": {"name": f"run-{tmp_path.name[-12:]}", "files": files},
+        "producer": {"max_chunk_events": 400, "poll_s": 0.5, "settle_s": 0.5},
         "model": {"name": "mine", "hidden": [8]},
         "training": {"checkpoint_every_s": 0.3},
         "store": {"path": str(tmp_path / "store")},
@@ -94,7 +97,7 @@ def _stop(service: subprocess.Popen, state: RunState) -> str:
     return err
 
 
-def test_run_on_the_embedded_broker_publishes_trains_serves_and_survives_a_killed_trainer(pipeline):
+def test_run_on_the_embedded_broker_publishes_trains_serves_and_survives_a_killed_trainer(pipeline, tmp_path):
     events = 2 * EVENTS_PER_CLASS
     service = _start(pipeline)
     try:
@@ -110,6 +113,12 @@ def test_run_on_the_embedded_broker_publishes_trains_serves_and_survives_a_kille
         assert 0 < status["prequential_auc"] <= 1
         answer = Client(status["serve_url"]).predict("mine", [EVENT])
         assert answer["version"] == status["version_served"] and len(answer["scores"]) == 1
+
+        landed = generate_demo(tmp_path / "later", 300, 1, seed=3).train[0][0]  # signal.root
+        landed.rename(tmp_path / "data" / "signal_later.root")  # lands whole, as a copy tool's rename does
+        events += 300
+        status = _settled(pipeline, service, events)
+        assert status["files_seen"] == status["files_published"] == 3 and status["events_published"] == events
 
         trainer = state.stage("trainer").pid
         os.kill(trainer, signal.SIGKILL)

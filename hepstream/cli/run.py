@@ -83,7 +83,7 @@ def follow_status_path(folder: Path) -> Path:
 
 
 def run(args) -> int:
-    from hepstream.kafka import ensure_topic
+    from hepstream.kafka import BrokerUnavailable, ensure_topic
     from hepstream.stack.broker import EmbeddedBroker
     from hepstream.stack.ports import free_port
 
@@ -111,7 +111,11 @@ def run(args) -> int:
         service = config_from_dict(settings, "the service's settings")
         config_file = folder / "pipeline.yaml"
         config_file.write_text(yaml.safe_dump(settings))
-        ensure_topic(bootstrap, service.dataset.topic, service.kafka.partitions, service.kafka)
+        try:
+            ensure_topic(bootstrap, service.dataset.topic, service.kafka.partitions, service.kafka)
+        except BrokerUnavailable as error:
+            print(f"hepstream run: {error}", file=sys.stderr)
+            return 3
         if broker is not None:
             _resume_on_new_log(service, progress)
         policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window_s)

@@ -41,12 +41,18 @@ def add_parser(subparsers) -> None:
 
 
 def _scrape(url: str) -> dict[str, list] | None:
-    """Samples of a Prometheus endpoint by metric family name; ``None`` when it does not answer."""
+    """Samples of a Prometheus endpoint by metric family name; ``None`` when it does not answer with metrics
+    (Serve's proxy answers 404 with a line of text until the application is deployed)."""
     try:
-        text = requests.get(url, timeout=PROBE_TIMEOUT_S).text
+        answer = requests.get(url, timeout=PROBE_TIMEOUT_S)
     except requests.RequestException:
         return None
-    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+    if not answer.ok:
+        return None
+    try:
+        return {family.name: family.samples for family in text_string_to_metric_families(answer.text)}
+    except ValueError:
+        return None
 
 
 def _value(metrics: dict | None, family: str, sample: str | None = None) -> float | None:
