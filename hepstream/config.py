@@ -89,7 +89,7 @@ class DatasetConfig(_Section):
 
 
 class KafkaConfig(_Section):
-    bootstrap: Bootstrap | None = Field(default=None, description="host:port[,host:port...]; unset: `hepstream demo` starts its own broker")
+    bootstrap: Bootstrap | None = Field(default=None, description="host:port[,host:port...]; unset: `hepstream run` and `demo` start the embedded broker")
     partitions: Count = Field(default=4, le=1024)
     # lz4 published 1.03 M events/s against zstd's 0.96 M in `hepstream bench produce` (2 cores), for 34% more bytes.
     compression: Literal["lz4", "zstd", "none"] = Field(default="lz4", description="Arrow IPC body compression")

@@ -130,6 +130,12 @@ class Position:
         for partition in self.offsets:
             self.offsets[partition] = self.epoch_start.get(partition, 0)
 
+    def on_new_log(self) -> None:
+        """The topic was made again, empty (the embedded broker keeps its log in memory): read every partition
+        from offset 0 of the new log, keeping the keys and counters, so nothing learned is learned again."""
+        self.offsets = dict.fromkeys(self.offsets, 0)
+        self.epoch_start = dict.fromkeys(self.epoch_start, 0)
+
     def commit_request(self) -> dict:
         """The offsets as Kafka commits them; taken right after a checkpoint, they are the checkpoint's."""
         return commit_request(self.topic, self.offsets)

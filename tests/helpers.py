@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import awkward as ak
 from kafka import TopicPartition
@@ -80,3 +81,18 @@ def is_running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def process_gone(pid: int, timeout_s: float = 5.0) -> bool:
+    """Whether ``pid`` exits within ``timeout_s``; a zombie left to a reaper that has not run yet counts as gone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from hepstream.config import Config, ConfigError, load_config
+from hepstream.run_state import write_json_atomically
 
 
 def config_argument(parser) -> None:
@@ -37,6 +38,9 @@ def add_parser(subparsers) -> None:
             parser.add_argument("--follow", action="store_true",
                                 help="keep listing the inputs and publish files as they land, until interrupted "
                                      "(sets producer.follow)")
+            parser.add_argument("--status-file", type=Path,
+                                help="following: rewrite this JSON file with what the follower has seen and done, "
+                                     "every producer.poll_s (`hepstream status` reads it under `hepstream run`)")
 
 
 def _load(args) -> tuple[Config, str | None]:
@@ -46,7 +50,8 @@ def _load(args) -> tuple[Config, str | None]:
 
 def _require_bootstrap(bootstrap: str | None) -> str:
     if not bootstrap:
-        raise ConfigError("kafka.bootstrap is not set (nor --bootstrap); `hepstream demo` starts an embedded broker")
+        raise ConfigError("kafka.bootstrap is not set (nor --bootstrap); `hepstream run --config FILE` starts "
+                          "an embedded broker and runs every stage")
     return bootstrap
 
 
@@ -75,7 +80,10 @@ def run_produce(args) -> int:
     bootstrap = _require_bootstrap(bootstrap)
     follow = getattr(args, "follow", False) or config.producer.follow  # callers' own Namespaces may lack the flag
     try:
-        report, extra = (_follow if follow else _produce_once)(config, bootstrap, progress)
+        if follow:
+            report, extra = _follow(config, bootstrap, progress, getattr(args, "status_file", None))
+        else:
+            report, extra = _produce_once(config, bootstrap, progress)
     except BrokerUnavailable as error:
         return _failed("produce", error, 3)
     progress.close(report)
@@ -98,18 +106,28 @@ def _produce_once(config: Config, bootstrap: str, progress):
         producer.close()
 
 
-def _follow(config: Config, bootstrap: str, progress):
+def _follow(config: Config, bootstrap: str, progress, status_file: Path | None = None):
     """Publish files as they land until SIGINT or SIGTERM; the report, and which files were pending then."""
     from hepstream.streaming.follow import Follower
 
     stop = _wait_for_signal()
     follower = Follower(config, bootstrap, progress=progress)
+    if status_file is not None:
+        threading.Thread(target=_write_status_every, args=(follower, status_file, config.producer.poll_s, stop),
+                         name="follow-status", daemon=True).start()
     try:
         report = follower.run(stop)
     finally:
         follower.close()
     status = follower.status().as_dict()
+    if status_file is not None:
+        write_json_atomically(status_file, status)
     return report, {key: status[key] for key in ("files_already_published", "files_pending")}
+
+
+def _write_status_every(follower, path: Path, every_s: float, stop: threading.Event) -> None:
+    while not stop.wait(every_s):
+        write_json_atomically(path, follower.status().as_dict())
 
 
 def _data_parallel_trainer(config: Config, bootstrap: str):
