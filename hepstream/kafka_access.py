@@ -7,7 +7,7 @@ So, with security on, a process proves its credentials once per set of
 brokers by one handshake of its own (TLS, then the SASL exchange, with
 kafka-python's own mechanisms), and a refusal is a :class:`BrokerRefused`
 at once, naming the broker and the mechanism. Brokers that do not answer at
-all are left to the clients' retries.
+all, or too slowly to be judged, are left to the clients' retries.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from kafka.protocol.sasl import (
 from hepstream.config import KafkaConfig, KafkaSecurityConfig
 from hepstream.kafka_security import describe, security_options
 
+_NAME_MISMATCHES = {62, 64}  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 _admitted: set[tuple[str, KafkaSecurityConfig]] = set()
 _admitted_lock = threading.Lock()
 
@@ -50,8 +51,11 @@ def check_access(bootstrap: str, kafka: KafkaConfig) -> None:
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=kafka.connect_timeout_s)
         except OSError:
             continue  # away, not refusing: the clients' retries decide
-        with sock:
-            _handshake(sock, host.strip("[]"), server.strip(), security, options)
+        try:
+            with sock:
+                _handshake(sock, host.strip("[]"), server.strip(), security, options)
+        except TimeoutError:
+            continue  # answers too slowly to be judged (a hung broker): the clients' retries decide
         with _admitted_lock:
             _admitted.add(key)
         return
@@ -61,15 +65,24 @@ def _handshake(sock: socket.socket, host: str, server: str, security: KafkaSecur
     if security.tls:
         try:
             sock = options["ssl_context"].wrap_socket(sock, server_hostname=host)
+        except TimeoutError:
+            raise
         except ssl.SSLCertVerificationError as error:
-            trust = f"ca_file {security.ca_file}" if security.ca_file else "the system's certificate authorities"
-            raise BrokerRefused(f"TLS: the certificate of {server} is not trusted by kafka.security.{trust}: "
-                                f"{error.verify_message}") from None
+            raise BrokerRefused(_untrusted(server, host, security, error)) from None
         except (ssl.SSLError, OSError) as error:
             raise BrokerRefused(f"TLS handshake with {server} failed ({describe(security)}): {error}; "
                                 "is the listener a TLS one?") from None
     if security.sasl:
         _sasl(sock, host, server, security, options)
+
+
+def _untrusted(server: str, host: str, security: KafkaSecurityConfig, error: ssl.SSLCertVerificationError) -> str:
+    if error.verify_code in _NAME_MISMATCHES:
+        return (f"TLS: the certificate of {server} does not name {host!r} ({error.verify_message}); dial a name it "
+                "lists, or set kafka.security.check_hostname: false")
+    trust = (f"kafka.security.ca_file {security.ca_file}" if security.ca_file
+             else "the system's certificate authorities (kafka.security.ca_file is unset)")
+    return f"TLS: the certificate of {server} is not trusted by {trust}: {error.verify_message}"
 
 
 def _sasl(sock: socket.socket, host: str, server: str, security: KafkaSecurityConfig, options: dict) -> None:
@@ -86,7 +99,7 @@ def _sasl(sock: socket.socket, host: str, server: str, security: KafkaSecurityCo
             if reply.auth_bytes.startswith(b"e="):  # RFC 5802 server-error, sent by some brokers with no error code
                 raise BrokerRefused(f"{who} refused by {server}: {reply.auth_bytes[2:].decode(errors='replace')}")
             mechanism.receive(reply.auth_bytes)
-    except (ConnectionError, socket.timeout, ssl.SSLError) as error:
+    except (ConnectionError, ssl.SSLError) as error:
         raise BrokerRefused(f"{who} refused by {server}: it closed the connection ({error})") from None
     except ValueError as error:  # the mechanism found the broker's proof wrong
         raise BrokerRefused(f"{who} failed with {server}: {error}") from None

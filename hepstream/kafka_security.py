@@ -8,11 +8,35 @@ cluster's nodes are checked here too, with an error naming the key.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from pathlib import Path
 
 from hepstream.config import ConfigError, KafkaSecurityConfig
+
+
+# kafka-python's admin client logs its whole configuration at DEBUG, the SASL password included.
+_LOGGERS_OF_CONFIGURATIONS = ("kafka.admin.client",)
+
+
+class _HidePasswords(logging.Filter):
+    """Replace the password in a logged client configuration (tests/stack/test_secure_broker.py looks for leaks)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict):  # logging keeps a lone dict argument as the args themselves
+            record.args = _hidden(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_hidden(arg) if isinstance(arg, dict) else arg for arg in record.args)
+        return True
+
+
+def _hidden(options: dict) -> dict:
+    return {**options, "sasl_plain_password": "<hidden>"} if options.get("sasl_plain_password") else options
+
+
+for _name in _LOGGERS_OF_CONFIGURATIONS:
+    logging.getLogger(_name).addFilter(_HidePasswords())
 
 
 class CredentialsMissing(ConfigError):
