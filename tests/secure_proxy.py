@@ -4,8 +4,8 @@ tansu 0.6.0 accepts ``--cert``/``--key`` but never uses them (its listener
 stays plain TCP), and with ``--authentication`` its memory storage keeps no
 SCRAM users, so no client ever gets in. This proxy terminates TLS with a
 certificate of the test's own CA, answers ``SaslHandshake`` and
-``SaslAuthenticate`` itself as a Kafka broker does (RFC 5802 SCRAM, error
-code 58 for a wrong password), and once a client is in, passes its bytes to
+``SaslAuthenticate`` itself as a Kafka broker does (PLAIN, RFC 5802 SCRAM;
+error code 58 for a wrong password), and once a client is in, passes its bytes to
 the broker unchanged. The broker advertises the proxy's address, so every
 connection a client makes after bootstrap comes back through it.
 """
@@ -32,6 +32,7 @@ from hepstream.stack.ports import free_port
 
 SASL_AUTHENTICATION_FAILED = 58
 _HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}
+MECHANISMS = ["PLAIN", *_HASHES]
 _SASL_KEYS = {SaslHandshakeRequest.API_KEY, SaslAuthenticateRequest.API_KEY}
 
 
@@ -98,9 +99,9 @@ class SecureProxy:
                 continue
             if api_key == SaslHandshakeRequest.API_KEY:
                 request = SaslHandshakeRequest.decode(frame, version=version, header=True)
-                known = request.mechanism in _HASHES
-                scram = _Scram(request.mechanism, self) if known else None
-                response = SaslHandshakeResponse(error_code=0 if known else 33, mechanisms=list(_HASHES))
+                known = request.mechanism in MECHANISMS
+                scram = (_Plain if request.mechanism == "PLAIN" else _Scram)(request.mechanism, self) if known else None
+                response = SaslHandshakeResponse(error_code=0 if known else 33, mechanisms=MECHANISMS)
             else:
                 request = SaslAuthenticateRequest.decode(frame, version=version, header=True)
                 reply, refused = scram.step(request.auth_bytes)
@@ -128,6 +129,20 @@ class SecureProxy:
         threading.Thread(target=down, daemon=True).start()
         while data := client.recv(65536):
             upstream.sendall(data)
+
+
+class _Plain:
+    """The server side of SASL PLAIN (RFC 4616): one message, ``authzid NUL user NUL password``."""
+
+    def __init__(self, name: str, proxy: SecureProxy):
+        self.name, self.proxy, self.authenticated = name, proxy, False
+
+    def step(self, message: bytes) -> tuple[bytes, bool]:
+        _, user, password = message.decode().split("\0")
+        self.authenticated = user in self.proxy.users and hmac.compare_digest(self.proxy.users[user], password)
+        if not self.authenticated:
+            self.proxy.refused.append(user)
+        return b"", not self.authenticated
 
 
 class _Scram:

@@ -119,3 +119,16 @@ def test_a_certificate_for_another_host_names_the_host_and_the_switch(tmp_path, 
         front.close()
     assert str(refused.value).startswith(f"TLS: the certificate of 127.0.0.1:{front.port} does not name '127.0.0.1' (")
     assert str(refused.value).endswith("dial a name it lists, or set kafka.security.check_hostname: false")
+
+
+
+def test_a_mechanism_the_broker_lacks_is_refused_at_once(monkeypatch):
+    """tansu 0.6.0 offers SCRAM only (its SASL library is built without PLAIN), and hangs up on PLAIN."""
+    monkeypatch.setenv("HEPSTREAM_TEST_KAFKA_PASSWORD", WRONG)
+    security = {"protocol": "SASL_PLAINTEXT", "mechanism": "PLAIN", "username": "alice",
+                "password_env": "HEPSTREAM_TEST_KAFKA_PASSWORD"}
+    with EmbeddedBroker(authentication=True) as broker:
+        with pytest.raises(BrokerRefused) as refused:
+            new_producer(broker.bootstrap, config_from_dict({"kafka": {"security": security}}).kafka)
+    assert str(refused.value) == (f"SASL PLAIN authentication as 'alice' refused by {broker.bootstrap}: "
+                                  "it closed the connection (connection closed by the broker)")

@@ -68,6 +68,16 @@ def test_produce_train_and_dead_letters_go_through_tls_and_scram(secure_broker, 
     assert "'sasl_plain_password': '<hidden>'" in caplog.text  # the admin client's logged configuration
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_the_other_mechanisms_get_in_too(secure_broker, alice, unique_topic, mechanism):
+    kafka = config_from_dict({"kafka": {"security": secure_broker.security(PASSWORD_ENV, mechanism=mechanism)}}).kafka
+    producer = new_producer(secure_broker.bootstrap, kafka)
+    producer.send(unique_topic, value=mechanism.encode()).get(10)
+    producer.close()
+    assert [record.value for record in read_topic(secure_broker.bootstrap, unique_topic, kafka=kafka)] == \
+        [mechanism.encode()]
+
+
 def test_the_password_stays_out_of_reprs_and_dumps(secure_broker, alice):
     config = config_from_dict({"kafka": {"security": secure_broker.security(PASSWORD_ENV)}})
     for text in (repr(config), str(config.model_dump()), config.model_dump_json()):
