@@ -95,7 +95,7 @@ def _sasl(sock: socket.socket, host: str, server: str, security: KafkaSecurityCo
         while not mechanism.is_done():
             reply = _call(sock, SaslAuthenticateRequest(auth_bytes=mechanism.auth_bytes()), SaslAuthenticateResponse)
             if reply.error_code:
-                raise BrokerRefused(f"{who} refused by {server}: {reply.error_message}")
+                raise BrokerRefused(f"{who} refused by {server}: {reply.error_message or f'error {reply.error_code}'}")
             if reply.auth_bytes.startswith(b"e="):  # RFC 5802 server-error, sent by some brokers with no error code
                 raise BrokerRefused(f"{who} refused by {server}: {reply.auth_bytes[2:].decode(errors='replace')}")
             mechanism.receive(reply.auth_bytes)
@@ -117,6 +117,7 @@ def _call(sock: socket.socket, request, response_type, version: int = 1):
 
 
 def read_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from ``sock``; a connection closed before is a :class:`ConnectionError`."""
     data = b""
     while len(data) < size:
         chunk = sock.recv(size - len(data))
