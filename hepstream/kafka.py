@@ -47,9 +47,9 @@ def client_options(bootstrap: str, kafka: KafkaConfig) -> dict:
     how to get in (``kafka.security``: SASL mechanism and credentials, TLS certificates).
 
     Every factory here goes through this function, so every client is secured
-    alike. With security on, the first call for a set of brokers also proves
-    the credentials (:func:`~hepstream.kafka_access.check_access`): a refusal
-    is a :class:`BrokerRefused` at once, not a client's silent retries.
+    alike. With security on, each call also proves the credentials
+    (:func:`~hepstream.kafka_access.check_access`): a refusal is a
+    :class:`BrokerRefused` at once, not a client's silent retries.
     """
     check_access(bootstrap, kafka)
     return {"bootstrap_servers": bootstrap, "bootstrap_timeout_ms": int(kafka.connect_timeout_s * 1000),

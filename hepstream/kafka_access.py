@@ -3,10 +3,10 @@
 kafka-python retries every failed bootstrap connection until its timeout,
 whatever the cause, and then reports "Unable to bootstrap": a wrong password
 or an untrusted certificate would look like an outage, retried for minutes.
-So, with security on, a process proves its credentials once per set of
-brokers by one handshake of its own (TLS, then the SASL exchange, with
-kafka-python's own mechanisms), and a refusal is a :class:`BrokerRefused`
-at once, naming the broker and the mechanism. Brokers that do not answer at
+So, with security on, each new client is preceded by one handshake of
+hepstream's own (TLS, then the SASL exchange with kafka-python's own
+mechanisms), and a refusal is a :class:`BrokerRefused` at once, naming the
+broker and the mechanism. Brokers that do not answer at
 all, or too slowly to be judged, are left to the clients' retries.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import threading
 
 from kafka.net.sasl import get_sasl_mechanism
 from kafka.protocol.sasl import (
@@ -26,8 +25,6 @@ from hepstream.config import KafkaConfig, KafkaSecurityConfig
 from hepstream.kafka_security import describe, security_options
 
 _NAME_MISMATCHES = {62, 64}  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-_admitted: set[tuple[str, KafkaSecurityConfig]] = set()
-_admitted_lock = threading.Lock()
 
 
 class BrokerUnavailable(RuntimeError):
@@ -39,10 +36,14 @@ class BrokerRefused(BrokerUnavailable):
 
 
 def check_access(bootstrap: str, kafka: KafkaConfig) -> None:
-    """Raise :class:`BrokerRefused` if the first broker that answers refuses ``kafka.security``; once per process."""
+    """Raise :class:`BrokerRefused` if the first broker that answers refuses ``kafka.security``.
+
+    Run for every client made, not once per process: the password is read
+    anew each time (a rotated secret, a variable changed), and one handshake
+    costs milliseconds beside a client's own bootstrap.
+    """
     security = kafka.security
-    key = (bootstrap, security)
-    if security.protocol == "PLAINTEXT" or key in _admitted:
+    if security.protocol == "PLAINTEXT":
         return
     options = security_options(security)
     for server in bootstrap.split(","):
@@ -56,8 +57,6 @@ def check_access(bootstrap: str, kafka: KafkaConfig) -> None:
                 _handshake(sock, host.strip("[]"), server.strip(), security, options)
         except TimeoutError:
             continue  # answers too slowly to be judged (a hung broker): the clients' retries decide
-        with _admitted_lock:
-            _admitted.add(key)
         return
 
 

@@ -45,6 +45,14 @@ def test_a_wrong_password_is_refused_at_once_naming_the_mechanism_user_and_broke
     assert WRONG not in caplog.text
 
 
+def test_a_password_changed_after_a_client_got_in_is_checked_again(secure_broker, monkeypatch):
+    kafka = _kafka(secure_broker, monkeypatch, "correct horse battery staple").kafka
+    new_producer(secure_broker.bootstrap, kafka).close()
+    monkeypatch.setenv("HEPSTREAM_TEST_KAFKA_PASSWORD", WRONG)  # same configuration, the variable now wrong
+    with pytest.raises(BrokerRefused, match="authentication as 'alice' refused"):
+        new_producer(secure_broker.bootstrap, kafka)
+
+
 def test_a_refusal_inside_with_broker_is_not_retried(secure_broker, monkeypatch, unique_topic):
     kafka = _kafka(secure_broker, monkeypatch, WRONG, mechanism="SCRAM-SHA-256").kafka
     started = time.monotonic()
