@@ -88,6 +88,71 @@ class DatasetConfig(_Section):
         return [(key, label) for key, label in found if label is not None]
 
 
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+
+
+class KafkaSecurityConfig(_Section):
+    """How clients prove who they are to the brokers, and how they know the brokers are theirs.
+
+    The password is never in the file, which gets copied, committed and
+    logged: it is named here by the environment variable or the file that
+    holds it, read when a client connects. Files are checked when a client
+    connects too, not here: they may exist only on the cluster's nodes.
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security.protocol")
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism; required with a SASL protocol")
+    username: Text | None = Field(default=None, description="SASL user; required with a SASL protocol")
+    password_env: EnvironmentVariable | None = Field(default=None, description="Variable holding the SASL password")
+    password_file: FilePath | None = Field(default=None, description="File holding the SASL password")
+    ca_file: FilePath | None = Field(default=None, description="PEM CA certificates that sign the brokers' certificates")
+    cert_file: FilePath | None = Field(default=None, description="PEM client certificate, with key_file")
+    key_file: FilePath | None = Field(default=None, description="PEM client private key, with cert_file")
+    check_hostname: bool = Field(default=True, description="The broker's certificate must name the host dialled")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise KeyedError("password", "a password is never written in the configuration (it gets copied and "
+                             "logged): set password_env to a variable, or password_file to a file, that holds it")
+        return data
+
+    @model_validator(mode="after")
+    def _keys_fit_protocol(self) -> KafkaSecurityConfig:
+        sasl = self.protocol in SASL_PROTOCOLS
+        for key in ("mechanism", "username", "password_env", "password_file"):
+            if not sasl and getattr(self, key) is not None:
+                raise KeyedError(key, f"is only used with protocol SASL_PLAINTEXT or SASL_SSL (protocol is "
+                                 f"{self.protocol}): set the protocol, or remove the key")
+        for key in ("ca_file", "cert_file", "key_file"):
+            if self.protocol not in TLS_PROTOCOLS and getattr(self, key) is not None:
+                raise KeyedError(key, f"is only used with protocol SSL or SASL_SSL (protocol is {self.protocol}): "
+                                 "set the protocol, or remove the key")
+        if sasl:
+            for key in ("mechanism", "username"):
+                if getattr(self, key) is None:
+                    raise KeyedError(key, f"is required with protocol {self.protocol}")
+            if (self.password_env is None) == (self.password_file is None):
+                raise KeyedError("password_env", f"protocol {self.protocol} needs the password from exactly one "
+                                 "of password_env and password_file")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise KeyedError("cert_file" if self.cert_file is None else "key_file",
+                             "is required with the other one: a client certificate comes with its key")
+        return self
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in SASL_PROTOCOLS
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in TLS_PROTOCOLS
+
+
 class KafkaConfig(_Section):
     bootstrap: Bootstrap | None = Field(default=None, description="host:port[,host:port...]; unset: `hepstream run` and `demo` start the embedded broker")
     partitions: Count = Field(default=4, le=1024)
@@ -97,6 +162,7 @@ class KafkaConfig(_Section):
     linger_ms: NonNegativeInt = 5
     connect_retries: NonNegativeInt = Field(default=3, description="Attempts after the first to reach the brokers")
     connect_timeout_s: Seconds = Field(default=10.0, description="Longest wait for the brokers, per attempt")
+    security: KafkaSecurityConfig = KafkaSecurityConfig()
 
 
 class ProducerConfig(_Section):

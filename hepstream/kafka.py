@@ -22,15 +22,13 @@ from kafka.structs import OffsetAndMetadata
 
 from hepstream.backoff import Backoff
 from hepstream.config import KafkaConfig
+from hepstream.kafka_access import BrokerRefused, BrokerUnavailable, check_access  # noqa: F401 (callers import the errors from here)
+from hepstream.kafka_security import security_options
 from hepstream.waiting import poll_until
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class BrokerUnavailable(RuntimeError):
-    """The Kafka brokers did not answer within the connection budget."""
 
 
 class TopicMissing(TimeoutError):
@@ -45,13 +43,17 @@ class TopicMissing(TimeoutError):
 
 
 def client_options(bootstrap: str, kafka: KafkaConfig) -> dict:
-    """The connection options every client gets, whatever its role: where the brokers are and how long to wait.
+    """The connection options every client gets, whatever its role: where the brokers are, how long to wait, and
+    how to get in (``kafka.security``: SASL mechanism and credentials, TLS certificates).
 
-    Every factory here goes through this function, so it is the one place
-    where security settings (SASL mechanism and credentials, TLS
-    certificates) will be added, and every client will then use them.
+    Every factory here goes through this function, so every client is secured
+    alike. With security on, each call also proves the credentials
+    (:func:`~hepstream.kafka_access.check_access`): a refusal is a
+    :class:`BrokerRefused` at once, not a client's silent retries.
     """
-    return {"bootstrap_servers": bootstrap, "bootstrap_timeout_ms": int(kafka.connect_timeout_s * 1000)}
+    check_access(bootstrap, kafka)
+    return {"bootstrap_servers": bootstrap, "bootstrap_timeout_ms": int(kafka.connect_timeout_s * 1000),
+            **security_options(kafka.security)}
 
 
 def new_producer(bootstrap: str, kafka: KafkaConfig, **overrides) -> KafkaProducer:
@@ -70,7 +72,11 @@ def new_admin(bootstrap: str, kafka: KafkaConfig, **overrides) -> KafkaAdminClie
 
 
 def with_broker(bootstrap: str, kafka: KafkaConfig, what: str, attempt: Callable[[], T]) -> T:
-    """Run a broker call with bounded retries; past the budget, one error naming the brokers and the cause."""
+    """Run a broker call with bounded retries; past the budget, one error naming the brokers and the cause.
+
+    A :class:`BrokerRefused` (credentials or certificate refused) is not a
+    KafkaError, so it is never retried.
+    """
     backoff = Backoff(kafka.connect_retries, first_s=1.0, max_s=10.0)
     try:
         return backoff.call(attempt, retry_on=lambda e: isinstance(e, KafkaError), on_retry=lambda e, wait:

@@ -11,7 +11,10 @@ import uuid
 import pytest
 
 from hepstream.stack.broker import EmbeddedBroker
+from hepstream.stack.ports import free_port
 from hepstream.stack.xrootd import XRootDServer
+from tests.certificates import make_authority
+from tests.secure_proxy import SecureProxy, SecureStack
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +22,20 @@ def broker():
     """A tansu broker on a free loopback port; use a :func:`unique_topic` per test."""
     with EmbeddedBroker() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory):
+    """A broker behind TLS (a CA of the test's own) and SCRAM, with user ``alice``; see tests/secure_proxy.py."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_file, cert_file, key_file = make_authority(folder, "hepstream-test")
+    broker_port = free_port()
+    proxy = SecureProxy(cert_file, key_file, {"alice": "correct horse battery staple"}, broker_port)
+    try:
+        with EmbeddedBroker(broker_port, advertised_port=proxy.port):
+            yield SecureStack(f"127.0.0.1:{proxy.port}", ca_file, make_authority(folder, "stranger")[0], proxy)
+    finally:
+        proxy.close()
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,9 @@ def pipeline_config(topic: str, files, store, **sections):
     return config_from_dict(data)
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0, kafka: KafkaConfig = KafkaConfig()) -> list:
     """Every record of a topic, read with explicit assignment (no slow group join)."""
-    consumer = new_consumer(bootstrap, KafkaConfig())
+    consumer = new_consumer(bootstrap, kafka)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(partitions)

@@ -66,26 +66,37 @@ class EmbeddedBroker(LocalService):
     name = "broker"
     what = "Kafka broker (tansu)"
 
+    def __init__(self, port: int | None = None, start_timeout_s: float = 10.0, *, authentication: bool = False,
+                 advertised_port: int | None = None):
+        """``authentication``: every client must pass SASL (SCRAM) first; tansu 0.6.0's memory storage keeps no
+        users, so such a broker refuses every client, which is what it is for: testing refusals.
+        ``advertised_port``: the port clients are told to use after bootstrap, when a front (a TLS proxy) is there.
+        """
+        super().__init__(port, start_timeout_s)
+        self.authentication, self.advertised_port = authentication, advertised_port
+
     @property
     def bootstrap(self) -> str:
         """The ``bootstrap_servers`` value for any Kafka client."""
         return f"{self.host}:{self.port}"
 
     def _prepare(self, run_dir: Path) -> list[str]:
-        listener = f"tcp://{self.bootstrap}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         return [
             resolve_tansu_bin(),
             "broker",
             "--listener-url",
-            listener,
+            f"tcp://{self.bootstrap}",
             "--advertised-listener-url",
-            listener,
+            advertised,
             # Explicit, so a STORAGE_ENGINE variable in the environment cannot point tests at real storage.
             "--storage-engine",
             "memory://tansu/",
-        ]
+        ] + (["--authentication"] if self.authentication else [])
 
     def _check_ready(self, timeout_s: float) -> None:
+        if self.authentication or self.advertised_port:
+            return  # a plain client is refused, or sent to the front: the open port is all there is to see
         timeout_ms = int(timeout_s * 1000)
         try:
             admin = new_admin(
