@@ -222,8 +222,9 @@ def test_ray_pods_start_with_the_environment_hepstream_serve_would_set():
     assert expected["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     for pod in pod_specs(ray_clusters()["hepstream-serve"]):
         (container,) = pod["containers"]
-        ray_variables = {env["name"]: env["value"] for env in container["env"] if env["name"].startswith("RAY_")}
+        ray_variables = {env["name"]: env["value"] for env in container["env"] if env["name"] in expected}
         assert ray_variables == expected
+        assert not {env["name"] for env in container["env"] if env["name"].startswith("RAY_")} - expected.keys()
 
 
 # The image
