@@ -28,7 +28,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from hepstream import wire
@@ -36,7 +35,7 @@ from hepstream.config import Config, start_timestamp_ms
 from hepstream.kafka import commit, new_consumer, wait_for_topic
 from hepstream.models.checkpoint_health import CheckpointHealth
 from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
-from hepstream.models.features import FeatureError
+from hepstream.models.labels import chunk_labels
 from hepstream.models.learner import Group, Learner, Preparation
 from hepstream.models.position import Position
 from hepstream.models.read_ahead import EpochEnd, ReadAhead
@@ -154,17 +153,6 @@ class StreamTrainer:
                              last_error=self.checkpoints.error or self.last_error,
                              **self.checkpoints.status_fields())
 
-    def _labels(self, chunk: wire.Chunk) -> np.ndarray:
-        branch = self.config.dataset.label_branch
-        if branch is not None:
-            index = chunk.batch.schema.get_field_index(branch)
-            if index < 0:
-                raise FeatureError(branch, "label branch missing from the chunk")
-            return chunk.batch.column(index).to_numpy(zero_copy_only=False)
-        if chunk.label is None:
-            raise FeatureError("label", "the chunk has no 'label' header and dataset.label_branch is not set")
-        return np.full(chunk.events, chunk.label, dtype=np.int64)
-
     def _refuse(self, refused: Refused) -> None:
         record, error = refused.record, refused.error
         where = f"{record.topic}[{record.partition}]@{record.offset}"
@@ -199,7 +187,7 @@ class StreamTrainer:
                 if key in known or key in keys:
                     verdicts.append(Duplicate(m, key))
                 else:
-                    chunks.append(self.learner.prepare(chunk.batch, self._labels(chunk)))
+                    chunks.append(self.learner.prepare(chunk.batch, chunk_labels(chunk, self.config.dataset.label_branch)))
                     keys.add(key)
                     verdicts.append(Ok(m, key))
             except Exception as error:  # noqa: BLE001 - whatever one message raises refuses that message alone

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hepstream.config import Config, ConfigError, FeaturesConfig, FileSpec
+from hepstream.models.features import FeatureError
+from hepstream.models.labels import chunk_labels
 from hepstream.models.store import LoadedModel
 from hepstream.streaming.producer import read_plan
 from hepstream.streaming.reader import FileReader
 from hepstream.streaming.selection import Selection
 from hepstream.streaming.sources import Source, resolve
-from hepstream.wire import Chunk
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +61,11 @@ def score_holdout(model: LoadedModel, config: Config, sources: Sequence[Source],
     for source in sources:
         for read in FileReader(source, plan) if events < max_events else ():
             scores.append(model.predict(read.chunk.batch))
-            labels.append(chunk_labels(read.chunk, config.dataset.label_branch))
+            try:
+                labels.append(chunk_labels(read.chunk, config.dataset.label_branch))
+            except FeatureError as error:
+                raise ConfigError(f"{read.chunk.source}: {error}; label it ('{read.chunk.source} LABEL') "
+                                  "or set dataset.label_branch") from None
             events += read.chunk.events
             if events >= max_events:
                 break
@@ -68,15 +73,3 @@ def score_holdout(model: LoadedModel, config: Config, sources: Sequence[Source],
         raise ConfigError(f"--holdout: no events in {[s.url for s in sources]} after dataset.cuts")
     return HoldoutScores(model.version, np.concatenate(scores)[:max_events], np.concatenate(labels)[:max_events],
                          tuple(source.url for source in sources))
-
-
-def chunk_labels(chunk: Chunk, label_branch: str | None) -> np.ndarray:
-    """Each event's class: the label branch when the dataset has one, else the file's label."""
-    if label_branch is not None:
-        index = chunk.batch.schema.get_field_index(label_branch)
-        if index < 0:
-            raise ConfigError(f"{chunk.source}: dataset.label_branch {label_branch!r} is not in the file")
-        return chunk.batch.column(index).to_numpy(zero_copy_only=False).astype(np.int64)
-    if chunk.label is None:
-        raise ConfigError(f"{chunk.source}: no label; write '{chunk.source} LABEL' or set dataset.label_branch")
-    return np.full(chunk.events, chunk.label, dtype=np.int64)
