@@ -1,0 +1,179 @@
+"""A real multi-node Ray cluster on this machine: ``ray start --head`` and worker nodes, token auth on.
+
+Each node is its own ``ray start --block`` process with its own ports and
+temporary folder, as on separate hosts; ``--block`` keeps the node's processes
+under one PID, so the test stops them by that PID (never by name) and can kill
+one node's raylet to lose the node the hard way, as a crashed host would.
+The cluster's token is made here and passed to the nodes and to clients
+through ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``, as an operator would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from hepstream.stack.ports import free_port
+from hepstream.waiting import poll_until
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+class RayNode:
+    """One ``ray start --block`` process and the Ray processes under it."""
+
+    def __init__(self, process: subprocess.Popen, temp_dir: Path, log: Path):
+        self.process = process
+        self.temp_dir = temp_dir
+        self.log = log
+
+    def raylet_pid(self) -> int:
+        for pid in descendants(self.process.pid):
+            if _name(pid) == "raylet":
+                return pid
+        raise RuntimeError(f"no raylet under ray start PID {self.process.pid}; its log: {self.log.read_text()[-2000:]}")
+
+    def kill_raylet(self) -> None:
+        """Lose the node as a crashed host would: SIGKILL its raylet, no clean stop."""
+        os.kill(self.raylet_pid(), signal.SIGKILL)
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM to ``ray start --block``, which stops its node's processes; whatever is left then is killed."""
+        if self.process.poll() is not None:
+            return
+        children = descendants(self.process.pid)
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        deadline = time.monotonic() + 10
+        for pid in children:
+            while _name(pid) is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _name(pid) is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (children of each thread, recursively)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *descendants(int(child))]
+    return found
+
+
+def _name(pid: int) -> str | None:
+    """The process's command name, or None once it is gone (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
+    return None if state == "Z" else name
+
+
+class RayCluster:
+    """A head node (dashboard and job server on 127.0.0.1) and any number of worker nodes."""
+
+    def __init__(self, root: Path | None = None, cpus_per_node: int = 2):
+        self.root = Path(root or tempfile.mkdtemp(prefix="hs-ray-"))
+        self.cpus_per_node = cpus_per_node
+        self.token = secrets.token_hex(16)
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.head: RayNode | None = None
+        self.workers: list[RayNode] = []
+
+    @property
+    def address(self) -> str:
+        """What ``RAY_ADDRESS`` names for drivers on this machine: the GCS."""
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The job server's address, for ``JobSubmissionClient`` and ``hepstream submit --address``."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """What a client needs in its environment to be let in: the auth mode and the token."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def _start(self, name: str, options: list[str]) -> RayNode:
+        temp_dir = self.root / name
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        log = self.root / f"{name}.log"
+        ports = [free_port() for _ in range(7)]
+        worker_ports = free_port()
+        command = [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
+                   "--temp-dir", str(temp_dir), "--num-cpus", str(self.cpus_per_node),
+                   "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
+                   "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
+                   "--metrics-export-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
+                   "--min-worker-port", str(max(worker_ports, 20000)), "--max-worker-port",
+                   str(max(worker_ports, 20000) + 40), *options]
+        env = {**os.environ, **self.client_env()}
+        env.pop("RAY_ADDRESS", None)
+        with log.open("w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+        return RayNode(process, temp_dir, log)
+
+    def start_head(self) -> RayCluster:
+        self.head = self._start("head", ["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
+                                         "--dashboard-port", str(self.dashboard_port),
+                                         "--ray-client-server-port", str(free_port())])
+        self._wait(self._jobs_answer, f"the Ray head's job server on {self.dashboard_url} answering", self.head)
+        return self
+
+    def add_worker(self) -> RayNode:
+        node = self._start(f"worker-{len(self.workers) + 1}", ["--address", self.address])
+        self.workers.append(node)
+        self._wait(lambda: self.alive_nodes() == 1 + len(self.workers), f"{node.temp_dir.name} joining", node)
+        return node
+
+    @staticmethod
+    def _wait(probe, what: str, node: RayNode) -> None:
+        try:
+            poll_until(probe, timeout_s=90, interval_s=0.5, what=f"no sign of {what}")
+        except TimeoutError as error:
+            raise RuntimeError(f"{error}; the end of {node.log}:\n{node.log.read_text()[-3000:]}") from None
+
+    def _jobs_answer(self) -> bool:
+        try:
+            answer = requests.get(f"{self.dashboard_url}/api/jobs/", timeout=2,
+                                  headers={"Authorization": f"Bearer {self.token}"})
+        except requests.RequestException:
+            return False
+        return answer.status_code == 200
+
+    def alive_nodes(self) -> int:
+        answer = requests.get(f"{self.dashboard_url}/nodes?view=summary", timeout=5,
+                              headers={"Authorization": f"Bearer {self.token}"})
+        if answer.status_code != 200:
+            return 0
+        summary = answer.json()["data"]["summary"]
+        return sum(1 for node in summary if node["raylet"]["state"] == "ALIVE")
+
+    def stop(self) -> None:
+        for node in [*self.workers, *([self.head] if self.head else [])]:
+            node.stop()
+
+
+def wait_for_nodes(cluster: RayCluster, count: int, timeout_s: float = 90) -> None:
+    """Until the head counts ``count`` live nodes (a killed raylet is noticed within Ray's health-check period)."""
+    poll_until(lambda: cluster.alive_nodes() == count, timeout_s=timeout_s, interval_s=0.5,
+               what=f"not {count} Ray nodes alive")
