@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,8 +90,9 @@ def _name(pid: int) -> str | None:
 class RayCluster:
     """A head node (dashboard and job server on 127.0.0.1) and any number of worker nodes."""
 
-    def __init__(self, root: Path | None = None, cpus_per_node: int = 2):
-        self.root = Path(root or tempfile.mkdtemp(prefix="hs-ray-"))
+    def __init__(self, cpus_per_node: int = 2):
+        # Short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes (pytest's tmp_path is too long).
+        self.root = Path(tempfile.mkdtemp(prefix="hs-ray-"))
         self.cpus_per_node = cpus_per_node
         self.token = secrets.token_hex(16)
         self.gcs_port = free_port()
@@ -147,9 +149,14 @@ class RayCluster:
 
     @staticmethod
     def _wait(probe, what: str, node: RayNode) -> None:
+        def ready() -> bool:
+            if node.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {node.process.returncode}")
+            return probe()
+
         try:
-            poll_until(probe, timeout_s=90, interval_s=0.5, what=f"no sign of {what}")
-        except TimeoutError as error:
+            poll_until(ready, timeout_s=90, interval_s=0.5, what=f"no sign of {what}")
+        except (TimeoutError, RuntimeError) as error:
             raise RuntimeError(f"{error}; the end of {node.log}:\n{node.log.read_text()[-3000:]}") from None
 
     def _jobs_answer(self) -> bool:
@@ -171,6 +178,7 @@ class RayCluster:
     def stop(self) -> None:
         for node in [*self.workers, *([self.head] if self.head else [])]:
             node.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def wait_for_nodes(cluster: RayCluster, count: int, timeout_s: float = 90) -> None:
