@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -23,10 +24,22 @@ from pathlib import Path
 
 import requests
 
-from hepstream.stack.ports import free_port
+from hepstream.stack.ports import free_port, port_is_free
 from hepstream.waiting import poll_until
 
 RAY = str(Path(sys.executable).with_name("ray"))
+WORKER_PORTS = 40
+
+
+def worker_port_range(count: int, taken: set[int]) -> int:
+    """The first of ``count`` free ports in 10000-19999, below the kernel's ephemeral range that
+    :func:`free_port` draws the node's other ports from, so the two never overlap; not a range in ``taken``
+    (another node's, whose workers may not have bound theirs yet). The range is added to ``taken``."""
+    for first in random.sample(range(10000, 20000 - count, count), 50):
+        if first not in taken and all(port_is_free("127.0.0.1", port) for port in range(first, first + count)):
+            taken.add(first)
+            return first
+    raise RuntimeError(f"no {count} free ports in a row in 10000-19999")
 
 
 class RayNode:
@@ -99,6 +112,7 @@ class RayCluster:
         self.dashboard_port = free_port()
         self.head: RayNode | None = None
         self.workers: list[RayNode] = []
+        self.worker_ranges: set[int] = set()
 
     @property
     def address(self) -> str:
@@ -119,14 +133,14 @@ class RayCluster:
         temp_dir.mkdir(parents=True, exist_ok=True)
         log = self.root / f"{name}.log"
         ports = [free_port() for _ in range(7)]
-        worker_ports = free_port()
+        first_worker_port = worker_port_range(WORKER_PORTS, self.worker_ranges)
         command = [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
                    "--temp-dir", str(temp_dir), "--num-cpus", str(self.cpus_per_node),
                    "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
                    "--dashboard-agent-listen-port", str(ports[2]), "--dashboard-agent-grpc-port", str(ports[3]),
                    "--metrics-export-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
-                   "--min-worker-port", str(max(worker_ports, 20000)), "--max-worker-port",
-                   str(max(worker_ports, 20000) + 40), *options]
+                   "--min-worker-port", str(first_worker_port),
+                   "--max-worker-port", str(first_worker_port + WORKER_PORTS - 1), *options]
         env = {**os.environ, **self.client_env()}
         env.pop("RAY_ADDRESS", None)
         with log.open("w") as out:
