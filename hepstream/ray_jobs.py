@@ -108,11 +108,12 @@ def _user_module(config: Config, folder: Path) -> Path | None:
 
 
 def _entrypoint_resources(job: str, config: Config) -> tuple[float, float]:
-    """The job process's own CPUs and GPUs; Ray actors (``producer.ray_tasks``, ``training.workers``, Serve's
-    replicas) ask for theirs. A single trainer learns in the job's process, so it takes its threads and GPU."""
+    """The job process's own CPUs and GPUs. A single trainer learns in it (its threads, and its GPU), a producer
+    without ``ray_tasks`` reads in it; Ray actors (``producer.ray_tasks``, ``training.workers``, Serve's
+    replicas) ask for their own, and the process that only coordinates them holds nothing back from them."""
     if job == "train" and config.training.workers == 1:
         return config.training.threads, 1 if config.training.device == "cuda" else 0
-    return (0, 0) if job == "serve" else (1, 0)
+    return (1, 0) if job == "produce" and not config.producer.ray_tasks else (0, 0)
 
 
 class JobServer:

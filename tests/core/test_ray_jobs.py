@@ -60,5 +60,6 @@ def test_the_job_gets_its_config_its_grace_and_the_users_model_module(tmp_path):
     assert (spec.num_cpus, spec.num_gpus) == (2, 1)  # a single trainer learns in the job's own process
     shipped = config_from_dict(yaml.safe_load((tmp_path / "staging" / "pipeline.yaml").read_text()))
     assert shipped == config  # the file the job reads is the configuration, key for key
-    assert (job_spec("serve", config, tmp_path, tmp_path / "staging", {}).num_cpus,
-            job_spec("produce", config, tmp_path, tmp_path / "staging", {}).num_cpus) == (0, 1)
+    coordinating = config_from_dict({"training": {"workers": 2}, "producer": {"ray_tasks": 2}})
+    assert [job_spec(job, each, tmp_path, tmp_path / "staging", {}).num_cpus
+            for job in ("produce", "train", "serve") for each in (config, coordinating)] == [1, 0, 2, 0, 0, 0]
