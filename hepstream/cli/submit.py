@@ -24,10 +24,11 @@ EXIT_BY_STATUS = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 5}
 
 def add_parser(subparsers) -> None:
     submit = subparsers.add_parser("submit", help="run produce, train or serve as a job on a Ray cluster",
-                                   description=f"{__doc__.splitlines()[0]} {TOKEN_HELP}")
+                                   description=f"Run hepstream produce, train or serve as a job on a Ray cluster, "
+                                               f"through its job server. {TOKEN_HELP}")
     submit.add_argument("job", choices=("produce", "train", "serve"))
     _address_argument(submit)
-    submit.add_argument("--config", type=Path, default=os.environ.get("HEPSTREAM_CONFIG"), required=False,
+    submit.add_argument("--config", type=Path, default=os.environ.get("HEPSTREAM_CONFIG"),
                         help="pipeline YAML file (env HEPSTREAM_CONFIG); shipped with its relative paths made "
                              "absolute against its folder")
     submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
