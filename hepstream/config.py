@@ -464,6 +464,17 @@ class ServeConfig(_Section):
         return self
 
 
+class SubmitConfig(_Section):
+    """How ``hepstream submit`` runs the three jobs on a Ray cluster's job server (docs/cluster.md)."""
+
+    python: Text = Field(default="python", description="The cluster's Python with hepstream installed; a job runs "
+                         "`<python> -m hepstream <job> --config pipeline.yaml`")
+    stop_grace_s: Count = Field(default=30, le=3600, description="Seconds Ray waits after SIGTERM to a job before "
+                                "SIGKILL (the job's RAY_JOB_STOP_WAIT_TIME_S; Ray's own default is 3)")
+    env: dict[EnvironmentVariable, str] = Field(default_factory=dict, description="Environment variables of the job "
+                                                "and its actors; readable by whoever can read the job: no secrets")
+
+
 class Config(_Section):
     """The whole pipeline: what to read, where to stream it, how to learn and serve."""
 
@@ -475,6 +486,7 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     store: StoreConfig = StoreConfig()
     serve: ServeConfig = ServeConfig()
+    submit: SubmitConfig = SubmitConfig()
 
     @model_validator(mode="after")
     def _chunks_fit_messages(self) -> Config:

@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from hepstream import __version__
-from hepstream.cli import bench, datagen, demo, jobs, models, predict, report, run, status
+from hepstream.cli import bench, datagen, demo, jobs, models, predict, report, run, status, submit
 from hepstream.config import ConfigError
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hepstream {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, datagen, jobs, bench, models, predict, report, run, status):
+    for module in (demo, datagen, jobs, submit, bench, models, predict, report, run, status):
         module.add_parser(subparsers)
     return parser
 

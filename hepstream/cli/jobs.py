@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from hepstream.config import Config, ConfigError, load_config
@@ -29,7 +30,8 @@ def add_parser(subparsers) -> None:
     for name, run, text in (
         ("produce", run_produce, "publish the dataset's ROOT files to its Kafka topic"),
         ("train", run_train, "train online from the dataset's topic until interrupted (no Ray needed)"),
-        ("serve", run_serve, "serve the newest model version over HTTP with Ray Serve until interrupted"),
+        ("serve", run_serve, "serve the newest model version over HTTP with Ray Serve until interrupted; on "
+                           "Ray of its own, or joining a running cluster with --address"),
     ):
         parser = subparsers.add_parser(name, help=text)
         config_argument(parser)
@@ -41,6 +43,13 @@ def add_parser(subparsers) -> None:
             parser.add_argument("--status-file", type=Path,
                                 help="following: rewrite this JSON file with what the follower has seen and done, "
                                      "every producer.poll_s (`hepstream status` reads it under `hepstream run`)")
+        if run is run_serve:
+            parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                                help="join the running Ray cluster whose head is at HOST:PORT (the GCS port, 6379 by "
+                                     "default, as `ray start --address` takes it; env RAY_ADDRESS) instead of "
+                                     "starting Ray on this machine; a cluster with token auth also wants "
+                                     "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or `ray get-auth-token` "
+                                     "on the head into ~/.ray/auth_token)")
 
 
 def _load(args) -> tuple[Config, str | None]:
@@ -55,11 +64,34 @@ def _require_bootstrap(bootstrap: str | None) -> str:
     return bootstrap
 
 
-def _wait_for_signal() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+class StopSignal(threading.Event):
+    """Set by SIGINT or SIGTERM; remembers which and when, so the job can say how long its stop took."""
+
+    signal_name: str | None = None
+    received_at: float | None = None
+
+    def listen(self) -> StopSignal:
+        """Take SIGINT and SIGTERM; again after ``ray.init``, whose driver installs a SIGTERM handler that exits."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.receive)
+        return self
+
+    def receive(self, number: int, _frame=None) -> None:
+        if not self.is_set():
+            self.signal_name, self.received_at = signal.Signals(number).name, time.monotonic()
+        self.set()
+
+    def report(self, command: str, what: str) -> None:
+        """After a stop by signal, one stderr line that ``hepstream jobs stop`` looks for: the stop ended well."""
+        if self.received_at is not None:
+            from hepstream.ray_jobs import CLEAN_STOP
+
+            print(f"hepstream {command}: {CLEAN_STOP} {self.signal_name}: {what}, "
+                  f"{time.monotonic() - self.received_at:.2f} s after the signal", file=sys.stderr, flush=True)
+
+
+def _wait_for_signal() -> StopSignal:
+    return StopSignal().listen()
 
 
 def run_produce(args) -> int:
@@ -119,6 +151,7 @@ def _follow(config: Config, bootstrap: str, progress, status_file: Path | None =
         report = follower.run(stop)
     finally:
         follower.close()
+    stop.report("produce", "stopped following the inputs")
     status = follower.status().as_dict()
     if status_file is not None:
         write_json_atomically(status_file, status)
@@ -192,6 +225,7 @@ def run_train(args) -> int:
         return status
     if config.training.workers > 1:
         trainer = _data_parallel_trainer(config, bootstrap)
+        stop.listen()
     else:
         trainer = StreamTrainer(config, bootstrap)
     if config.training.metrics_port is not None:
@@ -209,10 +243,12 @@ def run_train(args) -> int:
             import ray
 
             ray.shutdown()
-    print(json.dumps(trainer.status().as_dict(), indent=1, default=str))
+    status = trainer.status()
+    print(json.dumps(status.as_dict(), indent=1, default=str))
     if refused is not None:
         print(f"hepstream train: the final checkpoint failed: {refused}", file=sys.stderr)
         return 4
+    stop.report("train", f"newest version v{status.version} holds {status.events_trained} events")
     return 0
 
 
@@ -221,11 +257,14 @@ def run_serve(args) -> int:
 
     config, _ = _load(args)
     start = config.serve.ray
-    with serving(config) as url:
+    address = getattr(args, "address", None)  # callers' own Namespaces may lack the flag
+    with serving(config, **({"address": address} if address else {})) as url:
         through = " through Serve's HAProxy ingress" if start.haproxy else ""
         print(f"serving model {config.model.name!r} from {config.store.path} on {url}{through}", flush=True)
         if start.direct_ingress_port is not None:
             print(f"replicas also answer directly from http://{config.serve.http.host}:{start.direct_ingress_port}",
                   flush=True)
-        _wait_for_signal().wait()
+        stop = _wait_for_signal()
+        stop.wait()
+    stop.report("serve", "Serve shut down")
     return 0
