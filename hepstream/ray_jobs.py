@@ -162,8 +162,11 @@ class JobServer:
     def logs(self, job_id: str) -> str:
         return self._call(lambda: self.client.get_job_logs(job_id))
 
-    def follow(self, job_id: str, out=sys.stdout) -> str:
-        """Print the job's log as it grows until the job ends; its final status."""
+    def follow(self, job_id: str, out=None) -> str:
+        """Print the job's log as it grows (to ``out``, else to whatever ``sys.stdout`` is now) until the job
+        ends; its final status."""
+        out = out or sys.stdout
+
         async def tail() -> None:
             async for lines in self.client.tail_job_logs(job_id):
                 out.write(lines)
