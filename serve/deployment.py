@@ -107,7 +107,11 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     the proxy's; the range leaves room for replicas being replaced during a
     redeploy. Such a replica then runs our code and its router on its main
     event loop instead of one thread and loop each: direct-ingress requests no
-    longer hop between threads.
+    longer hop between threads. A stopping replica keeps answering on its port
+    for ``serve.ray.drain_s`` (Serve's own default, 30 s, is a cloud load
+    balancer's deregistration delay: ``serve.shutdown`` gives up after 30 s, so
+    every stop of the service then ended in a warning, a 30 s wait and Ray
+    killing Serve's controller mid-shutdown, "graceful_shutdown failed").
 
     With ``haproxy`` (the default), Serve's HAProxy answers on ``serve.http``
     in place of its Python proxy and forwards to those replica ports, which it
@@ -134,6 +138,7 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     first = first or DEFAULT_DIRECT_INGRESS_PORT
     environment.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
                         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 2 * replicas - 1),
+                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(start.drain_s),
                         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"})
     if start.haproxy:
         environment.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=_haproxy_wrapper())
