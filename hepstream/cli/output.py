@@ -14,7 +14,7 @@ from rich.table import Table
 
 class Progress:
     def __init__(self, enabled: bool = True):
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)  # a line each, as a log or a terminal wraps it
         self.enabled = enabled
         self.started = time.monotonic()
 
