@@ -10,6 +10,7 @@ import time
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 class Progress:
@@ -19,8 +20,12 @@ class Progress:
         self.started = time.monotonic()
 
     def step(self, message: str) -> None:
+        """One line: seconds since start, then ``message`` as it is (a stage's stderr may hold ``[...]``,
+        which rich would take for markup, and fail on)."""
         if self.enabled:
-            self.console.print(f"[dim]{time.monotonic() - self.started:6.1f}s[/dim]  {message}")
+            line = Text(f"{time.monotonic() - self.started:6.1f}s", style="dim")
+            line.append(f"  {message}")
+            self.console.print(line)
 
     def summary(self, title: str, figures: dict) -> None:
         table = Table(title=title, show_header=False)
