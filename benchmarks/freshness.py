@@ -64,7 +64,8 @@ def run(args) -> dict:
                                                  {"url": str(watched / "background_*.root"), "label": 0}]},
             "model": {"name": MODEL},
             "store": {"path": str(folder / "store")},
-            "serve": {"http": {"port": free_port()}},
+            # The replicas' own ports too: Serve's default, 30000, may be another Serve's on a shared machine.
+            "serve": {"http": {"port": free_port()}, "ray": {"direct_ingress_port": free_port()}},
         }
         pipeline = folder / "pipeline.yaml"
         pipeline.write_text(json.dumps(settings))  # JSON is YAML

@@ -20,7 +20,7 @@ from hepstream.serve.client import Client
 from hepstream.stack.ports import free_port
 from hepstream.streaming.datagen import generate_demo
 from hepstream.waiting import poll_until
-from tests.helpers import noise_in, process_gone
+from tests.helpers import FIXED_NOISE, noise_in, process_gone
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,8 @@ def pipeline(tmp_path) -> Path:
         "model": {"name": "mine", "hidden": [8]},
         "training": {"checkpoint_every_s": 0.3},
         "store": {"path": str(tmp_path / "store")},
-        "serve": {"http": {"port": free_port()}},
+        # The replicas' own ports too: Serve's default, 30000, is every concurrent run's on a shared machine.
+        "serve": {"http": {"port": free_port()}, "ray": {"direct_ingress_port": free_port()}},
     }))
     return path
 
@@ -96,7 +97,9 @@ def _stop(service: subprocess.Popen, state: RunState) -> str:
     assert RunState.read(Path(state.store) / ".hepstream-run" / "state.json") is None
     assert noise_in(err) == []
     for output in ("server.log", "server.out"):  # Ray prints some of its own lines on stdout
-        assert noise_in((Path(state.store) / ".hepstream-run" / "logs" / output).read_text()) == []
+        log = (Path(state.store) / ".hepstream-run" / "logs" / output).read_text()
+        noise = noise_in(log, FIXED_NOISE)
+        assert noise == [], log[max(0, log.find(noise[0]) - 2000):][:8000]
     return err
 
 
