@@ -381,6 +381,9 @@ class RayStartConfig(_Section):
     metrics: bool = Field(default=False,
                           description="Ray's own metrics pipeline (Serve's ray_serve_* series, Ray's dashboard), "
                                       "beside hepstream's /metrics")
+    drain_s: WaitSeconds = Field(default=2.0,
+                                 description="A replica answering on its own port keeps answering this long after "
+                                             "it is told to stop, so load balancers can drop it first")
 
 
 # Keys of the flat serve section before it was split by concern: old key -> (section, key).

@@ -11,6 +11,14 @@ lists the ports). Ray reads that variable once, when it is imported, so
 :func:`init_ray` sets Ray's copy of it too; the variable itself goes to Ray's
 processes through the environment.
 
+Ray turns its token authentication on by default for a cluster it starts, and
+says so with a warning at every start, which is all a user of the demo or of
+``hepstream run`` would see from Ray. hepstream asks for it explicitly
+(``RAY_AUTH_MODE=token``, unless the variable is set): the same
+authentication, and Ray keeps quiet about a choice it did not make. Ray
+caches the variable when it is imported, so :func:`init_ray` refreshes Ray's
+copy, as Ray does when it sets it itself.
+
 A cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``) is joined as
 it is: its nodes must reach each other, and its operator decides what listens.
 """
@@ -21,6 +29,7 @@ import os
 from typing import Any
 
 SINGLE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+AUTH_MODE = "RAY_AUTH_MODE"
 DEFAULTS = {"include_dashboard": False, "logging_level": "WARNING"}
 
 
@@ -34,4 +43,9 @@ def init_ray(**options: Any) -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray read from the variable at import
+        if AUTH_MODE not in os.environ:
+            from ray._raylet import Config
+
+            os.environ[AUTH_MODE] = "token"
+            Config.initialize("")  # what Ray read from the variable at import
     ray.init(**{**DEFAULTS, **options})

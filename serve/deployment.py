@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from hepstream.models.store import LoadedModel, ModelStore
 
 APP_NAME = "hepstream"
+SERVE_CONTROLLER_NAME, SERVE_NAMESPACE = "SERVE_CONTROLLER_ACTOR", "serve"  # Serve's own names for its controller
+SERVE_SHUTDOWN_TIMEOUT_S = 30.0  # as serve.shutdown's own wait, which tries again after this one
 DEFAULT_DIRECT_INGRESS_PORT = 30000  # Serve's own default
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,11 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     the proxy's; the range leaves room for replicas being replaced during a
     redeploy. Such a replica then runs our code and its router on its main
     event loop instead of one thread and loop each: direct-ingress requests no
-    longer hop between threads.
+    longer hop between threads. A stopping replica keeps answering on its port
+    for ``serve.ray.drain_s`` (Serve's own default, 30 s, is a cloud load
+    balancer's deregistration delay: ``serve.shutdown`` gives up after 30 s, so
+    every stop of the service then ended in a warning, a 30 s wait and Ray
+    killing Serve's controller mid-shutdown, "graceful_shutdown failed").
 
     With ``haproxy`` (the default), Serve's HAProxy answers on ``serve.http``
     in place of its Python proxy and forwards to those replica ports, which it
@@ -134,6 +140,7 @@ def ray_environment(settings: ServeConfig) -> dict[str, str]:
     first = first or DEFAULT_DIRECT_INGRESS_PORT
     environment.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
                         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 2 * replicas - 1),
+                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(start.drain_s),
                         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"})
     if start.haproxy:
         environment.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=_haproxy_wrapper())
@@ -171,10 +178,30 @@ def serving(config: Config, *, open_store: Callable[[], Any] | None = None, **ra
             init_ray(**ray_init)
             stack.callback(ray.shutdown)
         serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
-        stack.callback(serve.shutdown)
+        stack.callback(_shutdown_serve)
         open_store = open_store or store_opener(Path(config.store.path).resolve(), config.model.name)
         serve.run(bind_server(open_store, config.model.name, settings), name=APP_NAME, route_prefix="/")
         yield f"http://{settings.http.host}:{settings.http.port}"
+
+
+def _shutdown_serve() -> None:
+    """``serve.shutdown``, without the line Ray prints at every stop: "Task ServeController.graceful_shutdown
+    failed. There are infinite retries remaining, so the task will be retried".
+
+    Serve's controller ends a graceful shutdown by killing itself while the
+    caller's ``graceful_shutdown`` call still waits, by design; the controller
+    retries its tasks for ever, so Ray reports that call as failed, to be
+    retried. Asked once with no retries, the call simply ends when the
+    controller does; ``serve.shutdown`` then finds it gone and forgets it.
+    """
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        ray.get(controller.graceful_shutdown.options(max_task_retries=0).remote(), timeout=SERVE_SHUTDOWN_TIMEOUT_S)
+    except ValueError:  # no controller: Serve is not running
+        pass
+    except ray.exceptions.RayActorError:  # the controller ended: shut down
+        pass
+    serve.shutdown()
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ branch, so one bad file is reported and skipped while the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,29 @@ def _forget_remote_handles(url: str) -> None:
         fsspec_xrootd.XRootDFileSystem.clear_instance_cache()
 
 
+def _client_timeout(timeout_s: float) -> int:
+    """The ``timeout`` uproot passes on to the file's fsspec filesystem: whole seconds, at least one."""
+    return max(1, round(timeout_s))
+
+
+def _release_remote_handle(url: str, timeout_s: float) -> None:
+    """Close the XRootD handle fsspec-xrootd keeps open after uproot closed the file, for reuse.
+
+    A timer task of fsspec-xrootd closes such handles up to a minute later; by
+    then the server may be gone (the demo stops its own before exiting), the
+    close fails inside the task, and Python prints its traceback at exit
+    ("Task exception was never retrieved ... Failed to submit File.close
+    request"). Closed here, while the server answers, nothing is left for it.
+    """
+    if url.startswith("root://"):
+        from fsspec.core import url_to_fs
+
+        # The instance uproot read through: fsspec keeps one per server and options, so the same timeout.
+        filesystem, path = url_to_fs(url, timeout=_client_timeout(timeout_s))
+        with contextlib.suppress(OSError):  # a server already gone took the handle with it
+            filesystem.invalidate_cache(path)
+
+
 def _nearest(name: str, names) -> str:
     hint = did_you_mean(name, names)
     return f" ({hint})" if hint else ""
@@ -99,7 +123,7 @@ def _open_tree(source: Source, timeout_s: float):
     local = {} if is_remote(source.url) else {"handler": uproot.source.file.MultithreadedFileSource}
     try:
         # Each basket is read once, so uproot's caches would only hold memory. XRootD takes whole seconds.
-        file = uproot.open(source.url, timeout=max(1, round(timeout_s)), object_cache=None, array_cache=None, **local)
+        file = uproot.open(source.url, timeout=_client_timeout(timeout_s), object_cache=None, array_cache=None, **local)
     except FileNotFoundError:
         raise SourceError(source.url, "no such file") from None
     except Exception as error:  # uproot raises many kinds for bad bytes or remote failures
@@ -123,6 +147,17 @@ def _open_tree(source: Source, timeout_s: float):
         kind = "an RNTuple" if rntuple else f"a {getattr(tree, 'classname', type(tree).__name__)}"
         raise SourceError(source.url, f"not supported: {source.url} {source.tree} is {kind}, hepstream reads TTrees")
     return file, tree
+
+
+@contextlib.contextmanager
+def _opened(source: Source, timeout_s: float):
+    """The file and its tree while the block runs; then the file closed, and its XRootD handle too."""
+    try:
+        file, tree = _open_tree(source, timeout_s)
+        with file:
+            yield file, tree
+    finally:  # also when the tree was not there: the file was opened
+        _release_remote_handle(source.url, timeout_s)
 
 
 def _groups(tree) -> dict[str, tuple[str, ...]]:
@@ -175,8 +210,7 @@ class FileReader:
                 time.sleep(wait)
 
     def _read_from(self, entry_start: int) -> Iterator[ReadChunk]:
-        file, tree = _open_tree(self.source, self.plan.timeout_s)
-        with file:
+        with _opened(self.source, self.plan.timeout_s) as (file, tree):
             try:
                 file_plan = self.plan.selection.resolve(tree.keys(), _groups(tree))
             except MissingBranches as error:
@@ -225,8 +259,7 @@ def check_selection(source: Source, plan: ReadPlan, entries: int) -> None:
     that cannot work, :class:`SourceError` (or a transient error) when the
     file cannot tell.
     """
-    file, tree = _open_tree(source, plan.timeout_s)
-    with file:
+    with _opened(source, plan.timeout_s) as (_, tree):
         names = plan.selection.expression_inputs(tree.keys())
         plan.selection.try_on(tree.arrays(names, entry_stop=min(entries, tree.num_entries)))
 
@@ -237,8 +270,7 @@ def written_end(source: Source, timeout_s: float) -> int:
     A file still being copied or written opens, tree included, long before its
     baskets are all there; a file shorter than this end is not whole yet.
     """
-    file, _ = _open_tree(source, timeout_s)
-    with file:
+    with _opened(source, timeout_s) as (file, _):
         return file.file.fEND
 
 

@@ -96,3 +96,19 @@ def process_gone(pid: int, timeout_s: float = 5.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+
+
+# What healthy runs printed before each cause was fixed: Serve's shutdown outliving its 30 s (replicas kept for a
+# cloud load balancer, serve.ray.drain_s), then Ray killing Serve's controller mid-shutdown, or Ray reporting the
+# call that waits for it as failed; fsspec-xrootd's timer closing a kept XRootD handle after the server had gone;
+# Ray announcing at each start the token authentication it turned on by itself.
+FIXED_NOISE = ("Task exception was never retrieved", "graceful_shutdown failed", "failed to shut down",
+               "Token authentication is enabled")
+# And any traceback, in what a user reads; not in Serve's own logs, where the controller logs the tracebacks of
+# replicas it replaces (one whose port another Serve on this shared machine held, for one).
+NOISE = ("Traceback", *FIXED_NOISE)
+
+
+def noise_in(output: str, noise: tuple[str, ...] = NOISE) -> list[str]:
+    """The lines of ``output`` that hold any of ``noise``."""
+    return [line for line in output.splitlines() if any(text in line for text in noise)]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import noise_in
+
 pytestmark = pytest.mark.integration
 
 
@@ -29,6 +31,8 @@ def test_demo_pipeline_end_to_end(workdir):
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert noise_in(result.stderr) == [], result.stderr[-4000:]
+    assert " INFO " not in result.stderr  # the demo says each step itself; Serve's lines only repeated them
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["events_produced"] == 160_000
     assert summary["events_trained"] == summary["events_produced"]  # every event learned exactly once

@@ -232,7 +232,10 @@ def _stdout_to_stderr():
 
 
 def run(args) -> int:
+    import ray.serve  # noqa: F401  (sets its logger to INFO when first imported: quieted after, not before)
+
     progress = Progress(enabled=not args.json)
+    # The demo prints its own line for each step; Serve's (started, connecting, ready) would say them again.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     with _stdout_to_stderr():
         summary = run_demo(args, progress)

@@ -10,17 +10,22 @@ import time
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 class Progress:
     def __init__(self, enabled: bool = True):
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)  # a line each, as a log or a terminal wraps it
         self.enabled = enabled
         self.started = time.monotonic()
 
     def step(self, message: str) -> None:
+        """One line: seconds since start, then ``message`` as it is (a stage's stderr may hold ``[...]``,
+        which rich would take for markup, and fail on)."""
         if self.enabled:
-            self.console.print(f"[dim]{time.monotonic() - self.started:6.1f}s[/dim]  {message}")
+            line = Text(f"{time.monotonic() - self.started:6.1f}s", style="dim")
+            line.append(f"  {message}")
+            self.console.print(line)
 
     def summary(self, title: str, figures: dict) -> None:
         table = Table(title=title, show_header=False)

@@ -35,7 +35,7 @@ def test_ray_environment_asks_for_ports_only_when_configured():
     two = ServeConfig(ray={**python_proxy, "direct_ingress_port": 30100, "metrics": True}, scaling={"replicas": 2})
     assert ray_environment(two) == {
         **TIMEOUTS, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "30100",
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30103",
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30103", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2.0",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
     autoscaled = ServeConfig(ray={"direct_ingress_port": 30100},
                              scaling={"autoscaling": {"min_replicas": 1, "max_replicas": 3}})

@@ -38,6 +38,18 @@ def test_missing_remote_file_is_reported_and_the_others_go_on(broker, xrootd_ser
     assert "[3011]" in report.failed[0].error and report.failed[0].retries == 0  # not retried: it will not appear
 
 
+def test_a_remote_file_read_leaves_no_xrootd_handle_open(broker, xrootd_server, unique_topic, big_file, tmp_path):
+    """fsspec-xrootd keeps a closed file's handle and closes it from a timer task up to a minute later: once the
+    server is gone, that close fails and Python prints the task's traceback when the process exits."""
+    import fsspec_xrootd
+
+    served = xrootd_server.url_for(shutil.copy(big_file, xrootd_server.root_dir))
+    report = produce(pipeline_config(unique_topic, [(served, 1)], tmp_path), broker.bootstrap)
+    assert report.events == 30_000
+    kept = [url for fs in fsspec_xrootd.XRootDFileSystem._cache.values() for url in fs._readonly_filehandle_cache._cache]
+    assert served not in kept
+
+
 class _StopServerAfterFirstChunk(Progress):
     def __init__(self, server):
         super().__init__()
