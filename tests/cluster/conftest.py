@@ -7,9 +7,10 @@ import pytest
 from tests.ray_cluster import RayCluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster():
-    """Head + one worker node with token auth (tests/ray_cluster.py); a test that loses a node adds its own."""
+    """Started once for this folder and stopped when it is done (its nodes bind beyond loopback, which
+    tests/faults/test_listeners.py forbids of the service). Head + one worker node with token auth (tests/ray_cluster.py); a test that loses a node adds its own."""
     cluster = RayCluster()
     try:
         cluster.start_head()

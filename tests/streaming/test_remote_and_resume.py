@@ -43,7 +43,8 @@ def test_a_remote_file_read_leaves_no_xrootd_handle_open(broker, xrootd_server, 
     server is gone, that close fails and Python prints the task's traceback when the process exits."""
     import fsspec_xrootd
 
-    served = xrootd_server.url_for(shutil.copy(big_file, xrootd_server.root_dir))
+    # A name of its own: other tests' reads of the session server's files are not this read's handles.
+    served = xrootd_server.url_for(shutil.copy(big_file, xrootd_server.root_dir / f"{unique_topic}.root"))
     report = produce(pipeline_config(unique_topic, [(served, 1)], tmp_path), broker.bootstrap)
     assert report.events == 30_000
     kept = [url for fs in fsspec_xrootd.XRootDFileSystem._cache.values() for url in fs._readonly_filehandle_cache._cache]
