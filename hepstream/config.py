@@ -169,6 +169,8 @@ class ProducerConfig(_Section):
     step_size: ByteSize = Field(default=2_000_000, description="Uncompressed bytes of branch data per chunk")
     max_chunk_events: Count = 50_000
     files_in_flight: Count = Field(default=2, le=256, description="Files read at once, one thread each")
+    interleave: bool = Field(default=True, description="Take chunks of every class (label, sample) in turn, each "
+                             "class keeping its own files open, so no partition gets a long run of one class")
     ray_tasks: NonNegativeInt = Field(default=0, le=4096, description="Ray worker processes publishing files side "
                                       "by side; 0: threads of this process")
     max_in_flight_bytes: ByteSize = Field(default=64_000_000, description="Encoded bytes sent but not yet acknowledged")
