@@ -146,7 +146,8 @@ class StreamTrainer:
         self.learner.load_state_dict(state.get("learner", {"features": meta.feature_state,
                                                             "events_seen": meta.events_seen}))
         self.position.restore(state)
-        self.class_weights.load_state_dict(state.get("class_counts", []))
+        if "class_counts" in state:  # older checkpoints have none
+            self.class_weights.load_state_dict(state["class_counts"])
         self.version = latest
         log.info("resuming %s from version %d at offsets %s", self.config.model.name, latest, self.offsets)
 
@@ -186,7 +187,7 @@ class StreamTrainer:
         stops the stream; a chunk already learned (same key) is skipped and
         counted.
         """
-        known = self.position.seen_keys | (self.shuffle.keys() if self.shuffle is not None else set())
+        known = self.position.seen_keys if self.shuffle is None else self.position.seen_keys | self.shuffle.keys()
         self.learn_step(self.prepare_messages(messages, known, replay=self.replay))
 
     def prepare_messages(self, messages, known: set[str], ahead: Preparation | None = None,

@@ -120,3 +120,16 @@ def test_label_ordered_input_learns_both_classes_only_with_mixing(broker, unique
     (auc_off, signal_off), (auc_on, signal_on) = aucs[False], aucs[True]
     # Without mixing the last steps saw background only: signal scores sink (0.21 against 0.52 when measured).
     assert signal_on > signal_off + 0.15 and auc_on > auc_off + 0.005, aucs
+
+
+def test_balanced_class_weights_give_each_class_the_same_total_weight():
+    from hepstream.models.learner import Prepared
+    from hepstream.models.shuffle import ClassWeights
+
+    weights = ClassWeights("balanced", classes=2)
+    chunks = weights.weigh([Prepared(None, np.array([1] * 10), None), Prepared(None, np.array([0] * 30), np.full(30, 2.0))])
+    assert chunks[0].weights.sum() == pytest.approx(20.0) and chunks[1].weights.sum() == pytest.approx(2 * 20.0)
+    again = ClassWeights("balanced", classes=2)
+    again.load_state_dict(weights.state_dict())
+    assert again.counts.tolist() == [30, 10]
+    assert ClassWeights("none", classes=2).weigh(chunks) is chunks
