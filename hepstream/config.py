@@ -169,6 +169,8 @@ class ProducerConfig(_Section):
     step_size: ByteSize = Field(default=2_000_000, description="Uncompressed bytes of branch data per chunk")
     max_chunk_events: Count = 50_000
     files_in_flight: Count = Field(default=2, le=256, description="Files read at once, one thread each")
+    interleave: bool = Field(default=True, description="Take chunks of every class (label, sample) in turn, each "
+                             "class keeping its own files open, so no partition gets a long run of one class")
     ray_tasks: NonNegativeInt = Field(default=0, le=4096, description="Ray worker processes publishing files side "
                                       "by side; 0: threads of this process")
     max_in_flight_bytes: ByteSize = Field(default=64_000_000, description="Encoded bytes sent but not yet acknowledged")
@@ -271,12 +273,24 @@ class TrainingConfig(_Section):
     workers: Count = Field(default=1, description="Trainer workers (Ray actors) sharing the topic's partitions, "
                          "parameters averaged between rounds")
     round_groups: Count = Field(default=1, description="Groups each worker learns per round before averaging")
+    shuffle_chunks: NonNegativeInt = Field(default=0, le=100_000, description="Chunks of a shuffle buffer across "
+                                           "partitions from which each step draws at random; 0: steps learn chunks "
+                                           "in arrival order")
+    class_weights: Literal["none", "balanced"] = Field(default="none", description="balanced: weigh each event by "
+                                                       "n / (classes * n_class) over the events seen so far")
 
     @field_validator("start")
     @classmethod
     def _start_is_known(cls, value: str) -> str:
         start_timestamp_ms(value)
         return value
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_step(self) -> TrainingConfig:
+        if 0 < self.shuffle_chunks < self.chunks_per_step:
+            raise KeyedError("shuffle_chunks", f"{self.shuffle_chunks} is fewer than chunks_per_step "
+                             f"({self.chunks_per_step}): set shuffle_chunks to 0 or at least chunks_per_step")
+        return self
 
 
 def start_timestamp_ms(start: str) -> int | None:

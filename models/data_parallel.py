@@ -164,15 +164,20 @@ class RoundWorker:
         return {"checkpoint": learner.estimator.checkpoint, "features": learner.features.state_dict(),
                 "events_seen": learner.events_seen, "offsets": dict(self.position.offsets)}
 
-    def learn_round(self, groups: int) -> dict:
-        """Learn up to ``groups`` groups; the report carries the model state only when events were learned."""
+    def learn_round(self, groups: int, drain: bool = False) -> dict:
+        """Learn up to ``groups`` groups (with ``drain``, then all the shuffle buffer holds); the report carries
+        the model state only when events were learned. With nothing to read, a group waiting in the shuffle
+        buffer is learned instead."""
         trainer, position = self.trainer, self.position
         before = position.counters["events_trained"]
         for _ in range(groups):
             group = self.groups.group()
-            if not group:
+            if group:
+                trainer.learn_messages(group)
+            elif not trainer.learn_buffered(1):
                 break
-            trainer.learn_messages(group)
+        if drain:
+            trainer.learn_buffered()
         learned = position.counters["events_trained"] - before
         report = {"events": learned, "counters": dict(position.counters), "offsets": dict(position.offsets),
                   "last_error": trainer.last_error}
@@ -233,6 +238,7 @@ class DataParallelTrainer:
         self.features: dict = {}
         self.events_seen = 0
         self._published_offsets: dict[int, int] = {}
+        self._learned = False
         self.checkpoints = CheckpointHealth(config.training.checkpoint_every_s)
 
     def _counters(self, reports: Sequence[dict]) -> dict:
@@ -280,19 +286,27 @@ class DataParallelTrainer:
             log.info("%d workers on partitions %s, from version %s", len(self.splits), self.splits, self.version)
             while not stop.is_set():
                 self._round()
-                if self._offsets() != self._published_offsets and self.checkpoints.due():
+                if self._news() and self.checkpoints.due():
                     with suppress(StoreWriteError):  # reported by checkpoint(), tried again after a backoff
                         self.checkpoint()
-            if self._offsets() != self._published_offsets:
+            if training.shuffle_chunks:  # what waits in the shuffle buffers is learned before the last version
+                self._round(drain=True)
+            if self._news():
                 self.checkpoint()
         finally:
             self.pool.close()
 
-    def _round(self) -> None:
-        self.reports = self.pool.call("learn_round", self.config.training.round_groups)
+    def _news(self) -> bool:
+        """Whether the workers read or learned anything since the last version (a shuffle buffer learns
+        without reading)."""
+        return self._offsets() != self._published_offsets or self._learned
+
+    def _round(self, drain: bool = False) -> None:
+        self.reports = self.pool.call("learn_round", self.config.training.round_groups, drain)
         learned = [r for r in self.reports if r["events"]]
         if not learned:
             return
+        self._learned = True
         weights = [r["events"] for r in learned]
         state = average_states([r["state"] for r in learned], weights)
         self.features = pool_features(self.features, [r["features"] for r in learned])
@@ -318,5 +332,6 @@ class DataParallelTrainer:
         state.update(merged)
         self.version = self.checkpoints.publish(self.store, model_state, meta, state, checkpoint)
         self._published_offsets = {int(p): o for p, o in offsets.items()}
+        self._learned = False
         self.pool.call("checkpointed", self.version)
         return self.version

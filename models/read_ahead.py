@@ -78,6 +78,11 @@ class ReadAhead:
                 raise RuntimeError(f"reading from Kafka failed: {self._failure}") from self._failure
             return None
 
+    @property
+    def idle(self) -> bool:
+        """The last poll found nothing and no group waits: the partitions are read to their end for now."""
+        return self._poller.idle and self._groups.empty()
+
     def commit(self, request: dict, checkpoint: int | None) -> None:
         """Ask for ``request`` (``TopicPartition -> OffsetAndMetadata``, ``checkpoint``'s offsets) to be committed
         before the next poll."""

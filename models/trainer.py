@@ -36,9 +36,10 @@ from hepstream.kafka import commit, new_consumer, wait_for_topic
 from hepstream.models.checkpoint_health import CheckpointHealth
 from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
 from hepstream.models.labels import chunk_labels
-from hepstream.models.learner import Group, Learner, Preparation
-from hepstream.models.position import Position
+from hepstream.models.learner import Group, Learner, Prepared, Preparation
+from hepstream.models.position import Position, Replay
 from hepstream.models.read_ahead import EpochEnd, ReadAhead
+from hepstream.models.shuffle import ClassWeights, ShuffleBuffer, Waiting
 from hepstream.models.store import ModelStore
 from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer_status import TrainerStatus
@@ -64,6 +65,13 @@ class Duplicate:
 
 
 @dataclass(frozen=True)
+class Replayed:
+    """A record read again after a restart that was dealt with before it (see :class:`Replay`): no count."""
+
+    record: Any
+
+
+@dataclass(frozen=True)
 class Refused:
     """A message that cannot be used, and why: it goes to the dead-letter topic."""
 
@@ -71,16 +79,17 @@ class Refused:
     error: Exception
 
 
-Verdict = Ok | Duplicate | Refused
+Verdict = Ok | Duplicate | Replayed | Refused
 
 
 @dataclass(frozen=True)
 class Step:
     """A group of messages made ready: a verdict per message, in order, and the prepared features of the
-    chunks kept (None when none was kept)."""
+    chunks kept (None when none was kept), or with a shuffle buffer each kept chunk prepared on its own."""
 
     verdicts: list[Verdict]
     group: Group | None
+    chunks: tuple[Prepared, ...] = ()
 
     @property
     def keys(self) -> list[str]:
@@ -119,8 +128,14 @@ class StreamTrainer:
         if config.training.dead_letter:
             self.dead_letters = DeadLetters(bootstrap, dead_letter_topic(config.dataset.name), config.kafka)
         self.checkpoints = CheckpointHealth(config.training.checkpoint_every_s)
+        training = config.training
+        self.shuffle = None
+        if training.shuffle_chunks:
+            self.shuffle = ShuffleBuffer(training.shuffle_chunks, training.chunks_per_step, training.seed)
+        self.class_weights = ClassWeights(training.class_weights, config.model.classes)
         self._dirty = False
         self._resume()
+        self.replay = Replay(self.position)
 
     def _resume(self) -> None:
         latest = self.store.latest()
@@ -131,6 +146,8 @@ class StreamTrainer:
         self.learner.load_state_dict(state.get("learner", {"features": meta.feature_state,
                                                             "events_seen": meta.events_seen}))
         self.position.restore(state)
+        if "class_counts" in state:  # older checkpoints have none
+            self.class_weights.load_state_dict(state["class_counts"])
         self.version = latest
         log.info("resuming %s from version %d at offsets %s", self.config.model.name, latest, self.offsets)
 
@@ -170,10 +187,13 @@ class StreamTrainer:
         stops the stream; a chunk already learned (same key) is skipped and
         counted.
         """
-        self.learn_step(self.prepare_messages(messages, self.position.seen_keys))
+        known = self.position.seen_keys if self.shuffle is None else self.position.seen_keys | self.shuffle.keys()
+        self.learn_step(self.prepare_messages(messages, known, replay=self.replay))
 
-    def prepare_messages(self, messages, known: set[str], ahead: Preparation | None = None) -> Step:
-        """Decode, check and prepare a group of messages, skipping the chunks whose key is in ``known``.
+    def prepare_messages(self, messages, known: set[str], ahead: Preparation | None = None,
+                         replay: Replay | None = None) -> Step:
+        """Decode, check and prepare a group of messages, skipping the chunks whose key is in ``known`` and the
+        records ``replay`` says were dealt with before a restart.
 
         Changes no state of the trainer's, so the read-ahead thread runs it
         (with ``ahead``, see :meth:`Learner.prepare_group`) while the previous
@@ -181,6 +201,9 @@ class StreamTrainer:
         """
         verdicts, chunks, keys = [], [], set()
         for m in messages:
+            if replay is not None and replay.done(m.partition, m.offset):
+                verdicts.append(Replayed(m))
+                continue
             try:
                 chunk = wire.decode(m.key, m.value, m.headers)
                 key = chunk.id.key().decode()
@@ -195,7 +218,9 @@ class StreamTrainer:
                 # on bytes that passed validation, and letting it through would kill the trainer again on the
                 # same offset after every restart. Refused, the message is dead-lettered and its offset passed.
                 verdicts.append(Refused(m, error))
-        return Step(verdicts, self.learner.prepare_group(chunks, ahead) if chunks else None)
+        if self.shuffle is not None:
+            return Step(verdicts, None, tuple(chunks))
+        return Step(verdicts, self.learner.prepare_group(self.class_weights.weigh(chunks), ahead) if chunks else None)
 
     def learn_step(self, step: Step) -> None:
         """Learn a prepared group, count duplicates, refuse bad messages, and move the offsets past them all."""
@@ -206,9 +231,31 @@ class StreamTrainer:
                 self._refuse(verdict)
             self.position.advance(verdict.record.partition, verdict.record.offset)
             self._dirty = True
-        if step.group is not None:
+        if self.shuffle is not None:
+            kept = [v for v in step.verdicts if isinstance(v, Ok)]
+            for verdict, chunk in zip(kept, step.chunks):
+                record = verdict.record
+                self.shuffle.add(Waiting(record.partition, record.offset, verdict.key, chunk))
+                self.position.hold(record.partition, record.offset)
+            while self.shuffle.full():
+                self.learn_buffered(1)
+        elif step.group is not None:
             self.learner.learn_group(step.group)
             self.position.learned(step.keys, len(step.group.labels))
+
+    def learn_buffered(self, steps: int | None = None) -> int:
+        """Learn up to ``steps`` steps drawn from the shuffle buffer (every chunk in it when None); how many."""
+        done = 0
+        while self.shuffle is not None and len(self.shuffle) and (steps is None or done < steps):
+            drawn = self.shuffle.draw()
+            group = self.learner.prepare_group(self.class_weights.weigh([w.chunk for w in drawn]))
+            self.learner.learn_group(group)
+            self.position.learned([w.key for w in drawn], len(group.labels))
+            for waiting in drawn:
+                self.position.release(waiting.partition, waiting.offset)
+            self._dirty = True
+            done += 1
+        return done
 
     def checkpoint_parts(self) -> tuple[dict, VersionMeta, dict, str]:
         """(model_state, meta, trainer_state, checkpoint format) of the state now; see :meth:`checkpoint`."""
@@ -228,7 +275,8 @@ class StreamTrainer:
             offsets=offsets,
             counters=dict(self.counters),
         )
-        state = {**self.position.snapshot(), "learner": learner.state_dict()}
+        state = {**self.position.snapshot(), "learner": learner.state_dict(),
+                 "class_counts": self.class_weights.state_dict()}
         return learner.estimator.state_dict(), meta, state, learner.estimator.checkpoint
 
     def checkpoint(self, consumer: KafkaConsumer | None = None) -> int:
@@ -295,7 +343,7 @@ class StreamTrainer:
         if fresh:
             self.position.start_at(self._start_offsets(consumer, [TopicPartition(self.topic, p) for p in fresh]))
         for tp in assigned:
-            consumer.seek(tp, self.position.offsets[tp.partition])
+            consumer.seek(tp, self.position.resume_offset(tp.partition))
         return assigned
 
     def _next_epoch(self) -> None:
@@ -320,22 +368,28 @@ class StreamTrainer:
         consumer = self.consumer()
         try:
             assigned = self.assign(consumer, stop, topic_wait_s)
-            known, ahead = set(self.position.seen_keys), self.learner.read_ahead()
+            known, ahead, replay = set(self.position.seen_keys), self.learner.read_ahead(), self.replay
 
             def prepare(messages) -> Step:  # in the read-ahead thread
-                step = self.prepare_messages(messages, known, ahead)
+                step = self.prepare_messages(messages, known, ahead, replay)
                 known.update(step.keys)
                 return step
 
+            def rewound() -> None:  # in the read-ahead thread: a new epoch reads every record again
+                known.clear()
+                replay.clear()
+
             reader = ReadAhead(consumer, assigned, prepare, chunks_per_step=training.chunks_per_step,
                                group_wait_s=training.group_wait_s, epoch_start=self.position.epoch_start,
-                               epochs_left=training.epochs - 1 - self.epoch, on_rewind=known.clear)
+                               epochs_left=training.epochs - 1 - self.epoch, on_rewind=rewound)
             reader.start()
             try:
                 while not stop.is_set():
                     group = reader.next(timeout_s=0.1)
                     if group is not None:
                         self._learn_group(group)
+                    elif reader.idle:  # read to the end for now: what waits in the shuffle buffer is learned
+                        self.learn_buffered(1)
                     if self._dirty and self.checkpoints.due():
                         with suppress(StoreWriteError):  # reported by checkpoint(), tried again after a backoff
                             self.checkpoint()
@@ -344,6 +398,7 @@ class StreamTrainer:
                 left = reader.stop()  # the consumer is this thread's again
             for group in left:
                 self._learn_group(group)
+            self.learn_buffered()
             if self._dirty:
                 self.checkpoint(consumer)
         finally:
@@ -353,6 +408,7 @@ class StreamTrainer:
 
     def _learn_group(self, group: Step | EpochEnd) -> None:
         if isinstance(group, EpochEnd):
+            self.learn_buffered()
             self._next_epoch()
         else:
             self.learn_step(group)

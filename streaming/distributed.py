@@ -8,7 +8,10 @@ one file at a time to whichever actor has room: grid files differ in size by
 orders of magnitude, and a share fixed in advance would leave most workers
 idle behind the one that drew the largest. Each finished file comes back as
 its :class:`~hepstream.streaming.producer.FileReport`, so the driver shows
-progress per file and merges the reports into one.
+progress per file and merges the reports into one. When the run mixes classes
+(``producer.interleave`` and files of several labels or samples), each actor
+is handed one share of the files instead, holding every class, whose chunks
+it interleaves (:func:`work_units`).
 
 Everything that depends on the files' order is decided as in one process:
 the driver resolves the inputs once and the run's ``index``-th file keeps its
@@ -30,6 +33,7 @@ from collections import deque
 
 from hepstream.config import Config, ConfigError, FileSpec
 from hepstream.local_ray import init_ray
+from hepstream.streaming.interleave import classes, merged_order
 from hepstream.streaming.producer import (FileReport, ProduceReport, Producer, prepare, read_plan,
                                           tune_malloc_for_chunks)
 from hepstream.streaming.progress import Progress
@@ -57,8 +61,11 @@ class _Publisher:
     def ready(self) -> None:
         """Answers once the constructor has run, so the driver hands files only to actors that started."""
 
-    def publish(self, index: int, source: Source) -> FileReport:
-        return self._producer.publish_file(index, source, self._manifest)
+    def publish(self, unit: list[tuple[int, Source]]) -> list[FileReport]:
+        """One file alone, or a share of the run's files interleaved: one report per file, in order."""
+        if len(unit) == 1:
+            return [self._producer.publish_file(*unit[0], self._manifest)]
+        return self._producer.publish_files(unit, self._manifest)
 
     def close(self) -> None:
         self._manifest.close()
@@ -98,26 +105,51 @@ def produce_on_ray(config: Config, bootstrap: str, files: list[FileSpec] | None 
     return report
 
 
-def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: ProduceReport, progress: Progress) -> None:
-    """Keep every started actor ``files_in_flight`` files busy until none is left; fill ``report`` as files finish.
+def work_units(config: Config, sources: list[Source]) -> list[list[tuple[int, Source]]]:
+    """What actors are handed: one file at a time, or, when the run mixes classes, one share per actor.
 
-    Files go only to actors that have started: one that finds no free CPU
+    Mixing needs files of every class open in one process, so the files are
+    merged class by class (:func:`~hepstream.streaming.interleave.merged_order`)
+    and dealt round-robin into ``ray_tasks`` shares, each holding every class
+    in about its proportion; each actor interleaves its share's chunks.
+    Shares are fixed in advance, so a share of large files finishes last.
+
+    >>> from hepstream.config import config_from_dict
+    >>> config = config_from_dict({"dataset": {"name": "d"}, "producer": {"ray_tasks": 2}})
+    >>> files = [Source(f"s{i}", "t", 1) for i in range(2)] + [Source(f"b{i}", "t", 0) for i in range(4)]
+    >>> [[s.url for _, s in unit] for unit in work_units(config, files)]
+    [['b0', 'b1', 's1'], ['s0', 'b2', 'b3']]
+    """
+    items = list(enumerate(sources))
+    producer = config.producer
+    if not (producer.interleave and len(groups := classes(items)) > 1):
+        return [[item] for item in items]
+    merged = merged_order(groups)
+    return [share for share in (merged[t::producer.ray_tasks] for t in range(producer.ray_tasks)) if share]
+
+
+def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: ProduceReport, progress: Progress) -> None:
+    """Keep every started actor busy (``files_in_flight`` files, or one share) until no work is left; fill
+    ``report`` as files finish.
+
+    Work goes only to actors that have started: one that finds no free CPU
     (a busy or small cluster) gets none, rather than holding files it will
     never publish, and is stopped at the end.
     """
-    per_actor = config.producer.files_in_flight
+    units = work_units(config, sources)
+    per_actor = config.producer.files_in_flight if all(len(unit) == 1 for unit in units) else 1
     starting = {}  # ready() ObjectRef -> actor
     for task in range(min(config.producer.ray_tasks, len(sources))):
         options = {"max_concurrency": per_actor, "scheduling_strategy": "SPREAD"}
         actor = _Publisher.options(**options).remote(config, bootstrap, task)
         starting[actor.ready.remote()] = actor
-    started, waiting, running = [], deque(enumerate(sources)), {}  # running: ObjectRef -> (actor, index)
+    started, waiting, running = [], deque(units), {}  # running: ObjectRef -> (actor, indices)
     last_death = "no Ray actor started"
 
     def hand_out(actor) -> None:
         if waiting:
-            index, source = waiting.popleft()
-            running[actor.publish.remote(index, source)] = (actor, index)
+            unit = waiting.popleft()
+            running[actor.publish.remote(unit)] = (actor, [index for index, _ in unit])
 
     while running or (waiting and starting):
         (done,), _ = ray.wait([*running, *starting], num_returns=1)
@@ -133,21 +165,26 @@ def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: Pro
             for _ in range(per_actor):
                 hand_out(actor)
             continue
-        actor, index = running.pop(done)
+        actor, indices = running.pop(done)
         try:
-            report.files[index] = ray.get(done)
+            for index, published in zip(indices, ray.get(done)):
+                report.files[index] = published
             hand_out(actor)
         except RayActorError as error:  # the actor is gone: its other files fail too, as they come back
             last_death = f"the Ray actor publishing it died: {_reason(error)}"
-            report.files[index].error = last_death
+            for index in indices:
+                report.files[index].error = last_death
             started = [a for a in started if a is not actor]
         except RayError as error:
-            report.files[index].error = f"publishing failed in a Ray actor: {_reason(error)}"
+            for index in indices:
+                report.files[index].error = f"publishing failed in a Ray actor: {_reason(error)}"
             hand_out(actor)
-        _file_finished(report.files[index], progress)
-    for index, _ in waiting:
-        report.files[index].error = f"not published: {last_death}"
-        _file_finished(report.files[index], progress)
+        for index in indices:
+            _file_finished(report.files[index], progress)
+    for unit in waiting:
+        for index, _ in unit:
+            report.files[index].error = f"not published: {last_death}"
+            _file_finished(report.files[index], progress)
     try:  # each actor flushes its producer and closes its manifest: every file above is acknowledged already
         ray.get([actor.close.remote() for actor in started])
     except RayError as error:

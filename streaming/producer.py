@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from kafka.errors import KafkaError
 
@@ -34,6 +36,7 @@ from hepstream.config import Config, ConfigError, FileSpec
 from hepstream.expressions import ExpressionError
 from hepstream.kafka import ensure_topic, new_producer, with_broker
 from hepstream.malloc import tune_malloc
+from hepstream.streaming.interleave import classes, interleave, open_per_class
 from hepstream.streaming.manifest import Manifest, task_path
 from hepstream.streaming.progress import Progress
 from hepstream.streaming.reader import (FileReader, ReadChunk, ReadPlan, SourceError, check_selection,
@@ -209,6 +212,57 @@ def prepare(config: Config, bootstrap: str, plan: ReadPlan,
     return sources, report
 
 
+class Piece(NamedTuple):
+    """One message ready to send: the chunk (a piece of one, when halved to fit), its encoding, its partition,
+    its file's entries (for the interleaving's pacing) and the file's report."""
+
+    chunk: wire.Chunk
+    key: bytes
+    value: bytes
+    headers: list
+    partition: int
+    file_entries: int | None
+    report: FileReport
+
+    @property
+    def entry_stop(self) -> int:
+        return self.chunk.id.entry_stop
+
+
+def _in_thread(pool: ThreadPoolExecutor, items: Iterator, stop: threading.Event) -> Iterator:
+    """``items``, produced in a thread of ``pool`` at most one ahead of the caller; the thread gives up once
+    ``stop`` is set. An error raised producing them is raised here, after the items before it."""
+    handed: queue.Queue = queue.Queue(maxsize=1)
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handed.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    items.close()
+                    return
+        finally:
+            put(end)
+
+    future = pool.submit(fill)
+
+    def drain() -> Iterator:
+        while (item := handed.get()) is not end:
+            yield item
+        future.result()
+
+    return drain()
+
+
 class _ByteBudget:
     """Bytes handed to Kafka but not acknowledged yet; senders wait beyond ``limit`` (one message always passes)."""
 
@@ -244,6 +298,7 @@ class Producer:
         # One pool for the producer's life: reused threads keep their malloc arenas, so repeated runs
         # do not each claim fresh ones and the process's memory stays flat.
         self._pool = ThreadPoolExecutor(self.files_in_flight, thread_name_prefix="hepstream-read")
+        self._pool_size = self.files_in_flight
         configure_remote_timeouts(config.producer.timeout_s)
         kafka = config.kafka
         self._producer = with_broker(bootstrap, kafka, "connecting", lambda: new_producer(
@@ -261,9 +316,12 @@ class Producer:
         sources, report = prepare(self.config, self.bootstrap, self.plan, files)
         self.progress.start(len(report.files))
         with self.open_manifest() as manifest:
-            for _ in self._pool.map(self._publish_file, range(len(sources)), sources, report.files,
-                                    [manifest] * len(sources)):
-                pass
+            if self.mixes(sources):
+                self._publish_interleaved(list(enumerate(sources)), report.files, manifest)
+            else:
+                for _ in self._pool.map(self._publish_file, range(len(sources)), sources, report.files,
+                                        [manifest] * len(sources)):
+                    pass
             self._producer.flush()
         for failed in report.files[len(sources):]:
             self.progress.file_done(failed.url, failed.error)
@@ -284,7 +342,50 @@ class Producer:
         self._producer.flush()
         return report
 
+    def publish_files(self, items: list[tuple[int, Source]], manifest: Manifest) -> list[FileReport]:
+        """Publish these ``(index, source)`` files, interleaved, and wait until acknowledged: for callers that hand
+        out shares of a run (:mod:`~hepstream.streaming.distributed`); one report per file, in order."""
+        reports = {index: FileReport(source.url, source.sample) for index, source in items}
+        self._publish_interleaved(items, reports, manifest)
+        self._producer.flush()
+        return list(reports.values())
+
+    def mixes(self, sources: list[Source]) -> bool:
+        """Whether chunks of these files are interleaved: ``producer.interleave`` and more than one class."""
+        return self.config.producer.interleave and len(classes(enumerate(sources))) > 1
+
+    def _publish_interleaved(self, items: list[tuple[int, Source]], reports, manifest: Manifest) -> None:
+        """Send the files' chunks in the order of :func:`~hepstream.streaming.interleave.interleave`, each open file
+        read ahead by a thread of its own, at most one piece ahead."""
+        groups = classes(items)
+        per_class = open_per_class(self.files_in_flight, len(groups))
+        pool = self._reading_pool(per_class * len(groups))
+        stop = threading.Event()
+
+        def start(item: tuple[int, Source]) -> Iterator[Piece]:
+            index, source = item
+            return _in_thread(pool, self._pieces(index, source, reports[index], manifest), stop)
+
+        try:
+            for piece in interleave(groups, per_class, start):
+                self._send(piece, manifest)
+        finally:
+            stop.set()
+
+    def _reading_pool(self, threads: int) -> ThreadPoolExecutor:
+        """The reading threads' pool, made larger when a run keeps more files open than ``files_in_flight``."""
+        if threads > self._pool_size:
+            self._pool.shutdown()
+            self._pool, self._pool_size = ThreadPoolExecutor(threads, thread_name_prefix="hepstream-read"), threads
+        return self._pool
+
     def _publish_file(self, index: int, source: Source, report: FileReport, manifest: Manifest) -> None:
+        for piece in self._pieces(index, source, report, manifest):
+            self._send(piece, manifest)
+
+    def _pieces(self, index: int, source: Source, report: FileReport, manifest: Manifest) -> Iterator[Piece]:
+        """The run's ``index``-th file as encoded pieces to send, in entry order, skipping what the manifest holds;
+        ends early once sending one of them failed."""
         kafka = self.config.kafka
         partitions = kafka.partitions
 
@@ -305,7 +406,8 @@ class Producer:
                         continue
                     if source.sample:
                         headers.append(("sample", source.sample.encode()))
-                    self._send(report, piece, key, value, headers, (index + read.index) % partitions, manifest)
+                    yield Piece(piece, key, value, headers, (index + read.index) % partitions, reader.file_entries,
+                                report)
         except SourceError as error:
             report.error = error.reason
             log.error("skipping %s", error)
@@ -320,7 +422,8 @@ class Producer:
             report.skipped_chunks += 1
             report.entries_published += chunk_id.entry_stop - chunk_id.entry_start
 
-    def _send(self, report, piece: wire.Chunk, key, value, headers, partition: int, manifest: Manifest) -> None:
+    def _send(self, sent: Piece, manifest: Manifest) -> None:
+        piece, key, value, report = sent.chunk, sent.key, sent.value, sent.report
         size = len(value)
         self._budget.acquire(size)
 
@@ -340,7 +443,8 @@ class Producer:
             self._budget.release(size)
 
         try:
-            future = self._producer.send(self.topic, key=key, value=value, headers=headers, partition=partition)
+            future = self._producer.send(self.topic, key=key, value=value, headers=sent.headers,
+                                         partition=sent.partition)
         except KafkaError as error:
             failed(error)
             return

@@ -148,8 +148,10 @@ def _lineage(store: ModelStore) -> list[VersionMeta]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("shuffle_chunks", [0, 4], ids=["in-order", "shuffle-buffer"])
 def test_two_workers_write_one_lineage_that_a_killed_run_resumes_exactly_once(ray_session, broker, unique_topic,
-                                                                              tmp_path):
+                                                                              tmp_path, shuffle_chunks):
+    """With shuffle buffers, each worker's buffer is pending in the versions, and the stop learns it."""
     from hepstream.models.actor import spawn_trainer
 
     (tmp_path / "first").mkdir()
@@ -157,7 +159,7 @@ def test_two_workers_write_one_lineage_that_a_killed_run_resumes_exactly_once(ra
     config = pipeline_config(unique_topic, labelled_pair(tmp_path / "first", 1500, 1500, seed=3), tmp_path / "store",
                              kafka={"partitions": 2},
                              training={"workers": 2, "checkpoint_every_s": 0.1, "chunks_per_step": 2,
-                                       "group_wait_s": 0.0})
+                                       "group_wait_s": 0.0, "shuffle_chunks": shuffle_chunks})
     first = produce(config, broker.bootstrap)
     store = ModelStore(config.store.path, config.model.name)
     actor = spawn_trainer(config, broker.bootstrap)

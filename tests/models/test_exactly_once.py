@@ -76,12 +76,16 @@ def _wait_for_new_version(store, after, process, timeout_s=60.0):
     raise AssertionError("trainer published no new version")
 
 
-def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker, unique_topic, tmp_path):
+@pytest.mark.parametrize("shuffle_chunks", [0, 8], ids=["in-order", "shuffle-buffer"])
+def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker, unique_topic, tmp_path,
+                                                                        shuffle_chunks):
+    """With a shuffle buffer, kills land while chunks wait in it: checkpoints hold them as pending."""
     files = [(generate_file(tmp_path / "s.root", "signal", 3000, seed=5), 1),
              (generate_file(tmp_path / "b.root", "background", 3000, seed=6), 0)]
     config = pipeline_config(unique_topic, files, tmp_path / "store",
                              producer={"max_chunk_events": 100},
-                             training={"checkpoint_every_s": 0.05, "chunks_per_step": 2, "group_wait_s": 0.0})
+                             training={"checkpoint_every_s": 0.05, "chunks_per_step": 2, "group_wait_s": 0.0,
+                                       "shuffle_chunks": shuffle_chunks})
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     messages, produced = _messages(config)
@@ -94,7 +98,7 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
     # left to kill it in the middle of.
     everything = messages + resent
     slices = [everything[i::KILLS + 1] for i in range(KILLS + 1)]
-    offset = 0
+    offset, killed_with_pending = 0, []
     for part in slices[:-1]:
         process = _start_trainer(config_path, broker.bootstrap)
         stream = LiveStream(broker.bootstrap, config.dataset.topic, part, config.kafka.partitions, per_s=12, first=offset)
@@ -103,6 +107,7 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
         time.sleep(rng.uniform(0.0, 0.4))  # somewhere in polling, learning, checkpointing or committing
         process.send_signal(signal.SIGKILL)
         process.wait()
+        killed_with_pending.append("pending" in store.read(store.latest())[2])
         stream.join()
         offset += len(part)
     last = LiveStream(broker.bootstrap, config.dataset.topic, slices[-1], config.kafka.partitions, per_s=12, first=offset)
@@ -131,3 +136,5 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
     assert final["duplicate_chunks"] == len(resent)
     assert final["bad_messages"] == 0
     assert sum(meta.offsets.values()) == len(messages) + len(resent)
+    assert "pending" not in store.read(store.latest())[2]  # the stop learned what waited in the buffer
+    assert any(killed_with_pending) == bool(shuffle_chunks)  # restarts resumed with chunks still waiting

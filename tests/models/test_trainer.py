@@ -123,12 +123,16 @@ def test_poison_messages_go_to_the_dead_letter_topic_with_a_reason(broker, uniqu
     assert dict(dead[1].headers)[SOURCE_HEADER].decode() == f"{topic}[0]@1"
 
 
-def test_epochs_replay_the_retained_topic_and_metrics_are_scraped(broker, unique_topic, labelled_files, tmp_path):
+@pytest.mark.parametrize("shuffle_chunks", [0, 8], ids=["in-order", "shuffle-buffer"])
+def test_epochs_replay_the_retained_topic_and_metrics_are_scraped(broker, unique_topic, labelled_files, tmp_path,
+                                                                  shuffle_chunks):
+    """With a shuffle buffer, an epoch's end learns what waits in it before the keys are forgotten."""
     import urllib.request
 
     from hepstream.models.monitoring import serve_metrics
 
-    config = pipeline_config(unique_topic, labelled_files[:1], tmp_path / "store", training={"epochs": 2})
+    config = pipeline_config(unique_topic, labelled_files[:1], tmp_path / "store",
+                             training={"epochs": 2, "shuffle_chunks": shuffle_chunks})
     report = produce(config, broker.bootstrap)
     trainer = StreamTrainer(config, broker.bootstrap)
     server, port = serve_metrics("m", trainer.status, 0)
