@@ -271,6 +271,10 @@ class TrainingConfig(_Section):
     workers: Count = Field(default=1, description="Trainer workers (Ray actors) sharing the topic's partitions, "
                          "parameters averaged between rounds")
     round_groups: Count = Field(default=1, description="Groups each worker learns per round before averaging")
+    validation_fraction: float = Field(default=0.03, ge=0, le=0.5, description="Share of chunks (by key hash) never "
+                                       "trained on, kept to score every version; 0: no validation slice, no gate")
+    validation_events: Count = Field(default=5000, description="Validation events kept per class (a reservoir sample "
+                                     "of the slice), checkpointed with the model")
 
     @field_validator("start")
     @classmethod
@@ -411,6 +415,9 @@ class ServeConfig(_Section):
     scaling: ScalingConfig = ScalingConfig()
     versions: VersionsConfig = VersionsConfig()
     ray: RayStartConfig = RayStartConfig()
+    max_regression: float | None = Field(default=0.01, ge=0, le=1, description="A version is served only when its "
+                                         "validation AUC is at most this much below the served version's on the same "
+                                         "events; null: every version is served (no gate)")
 
     @model_validator(mode="before")
     @classmethod

@@ -35,6 +35,7 @@ from hepstream.config import Config, start_timestamp_ms
 from hepstream.kafka import commit, new_consumer, wait_for_topic
 from hepstream.models.checkpoint_health import CheckpointHealth
 from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
+from hepstream.models.gate import Gate
 from hepstream.models.labels import chunk_labels
 from hepstream.models.learner import Group, Learner, Preparation
 from hepstream.models.position import Position
@@ -42,6 +43,7 @@ from hepstream.models.read_ahead import EpochEnd, ReadAhead
 from hepstream.models.store import ModelStore
 from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer_status import TrainerStatus
+from hepstream.models.validation import Reservoir, in_slice, stored_reservoir
 from hepstream.models.version_meta import VersionMeta
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,17 @@ class Duplicate:
 
 
 @dataclass(frozen=True)
+class Held:
+    """A chunk of the validation slice (:mod:`~hepstream.models.validation`): checked, kept to score versions,
+    never learned."""
+
+    record: Any
+    key: str
+    batch: Any  # pyarrow RecordBatch
+    labels: Any  # numpy int64, one per event
+
+
+@dataclass(frozen=True)
 class Refused:
     """A message that cannot be used, and why: it goes to the dead-letter topic."""
 
@@ -71,7 +84,7 @@ class Refused:
     error: Exception
 
 
-Verdict = Ok | Duplicate | Refused
+Verdict = Ok | Duplicate | Held | Refused
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,11 @@ class Step:
     def keys(self) -> list[str]:
         """The keys of the chunks kept, in the order of the group's features."""
         return [v.key for v in self.verdicts if isinstance(v, Ok)]
+
+    @property
+    def consumed_keys(self) -> list[str]:
+        """The keys of the chunks kept or held for validation: sent again, either is a duplicate."""
+        return [v.key for v in self.verdicts if isinstance(v, (Ok, Held))]
 
 
 def use_compute_threads(threads: int) -> None:
@@ -119,6 +137,8 @@ class StreamTrainer:
         if config.training.dead_letter:
             self.dead_letters = DeadLetters(bootstrap, dead_letter_topic(config.dataset.name), config.kafka)
         self.checkpoints = CheckpointHealth(config.training.checkpoint_every_s)
+        self.validation = Reservoir(config.training.validation_events, config.training.seed)
+        self.gate = Gate(self.store, config.serve.max_regression, config.training.validation_events)
         self._dirty = False
         self._resume()
 
@@ -131,6 +151,8 @@ class StreamTrainer:
         self.learner.load_state_dict(state.get("learner", {"features": meta.feature_state,
                                                             "events_seen": meta.events_seen}))
         self.position.restore(state)
+        self.validation = stored_reservoir(self.store, latest, self.config.training.validation_events,
+                                           self.config.training.seed)
         self.version = latest
         log.info("resuming %s from version %d at offsets %s", self.config.model.name, latest, self.offsets)
 
@@ -151,7 +173,7 @@ class StreamTrainer:
         return TrainerStatus(**self.counters, version=self.version, epoch=self.epoch, offsets=dict(self.offsets),
                              metrics=self.learner.metrics_summary(),
                              last_error=self.checkpoints.error or self.last_error,
-                             **self.checkpoints.status_fields())
+                             **self.checkpoints.status_fields(), versions_rejected=self.gate.rejected)
 
     def _refuse(self, refused: Refused) -> None:
         record, error = refused.record, refused.error
@@ -186,6 +208,11 @@ class StreamTrainer:
                 key = chunk.id.key().decode()
                 if key in known or key in keys:
                     verdicts.append(Duplicate(m, key))
+                elif in_slice(key, self.config.training.validation_fraction):
+                    # Checked as a learned chunk is, so that no version is ever scored on a chunk it cannot read.
+                    labels = self.learner.prepare(chunk.batch, chunk_labels(chunk, self.config.dataset.label_branch)).labels
+                    keys.add(key)
+                    verdicts.append(Held(m, key, chunk.batch, labels))
                 else:
                     chunks.append(self.learner.prepare(chunk.batch, chunk_labels(chunk, self.config.dataset.label_branch)))
                     keys.add(key)
@@ -204,6 +231,9 @@ class StreamTrainer:
                 self.position.count("duplicate_chunks")
             elif isinstance(verdict, Refused):
                 self._refuse(verdict)
+            elif isinstance(verdict, Held):
+                self.validation.add(verdict.batch, verdict.labels, self.config.features.branches)
+                self.position.held([verdict.key], len(verdict.labels))
             self.position.advance(verdict.record.partition, verdict.record.offset)
             self._dirty = True
         if step.group is not None:
@@ -238,8 +268,14 @@ class StreamTrainer:
         :meth:`status`; nothing is committed and the state stays to be checkpointed later.
         """
         self.flush_dead_letters()
-        self.published(self.checkpoints.publish(self.store, *self.checkpoint_parts()), consumer)
+        self.published(self.gate.publish(self.checkpoints, *self.checkpoint_parts(), self.validation), consumer)
         return self.version
+
+    def take_validation(self) -> Reservoir:
+        """The validation events held since the last call, leaving an empty reservoir: a data-parallel worker
+        hands them to its coordinator, which keeps the lineage's reservoir."""
+        held, self.validation = self.validation, Reservoir(self.validation.capacity, self.config.training.seed)
+        return held
 
     def flush_dead_letters(self) -> None:
         """Store the refused messages' copies: before a checkpoint records them as consumed, never after."""
@@ -324,7 +360,7 @@ class StreamTrainer:
 
             def prepare(messages) -> Step:  # in the read-ahead thread
                 step = self.prepare_messages(messages, known, ahead)
-                known.update(step.keys)
+                known.update(step.consumed_keys)
                 return step
 
             reader = ReadAhead(consumer, assigned, prepare, chunks_per_step=training.chunks_per_step,
