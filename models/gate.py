@@ -82,6 +82,7 @@ class Gate:
         self.min_events = min(MIN_EVENTS_PER_CLASS, capacity)
         self.served: LoadedModel | None = None
         self.rejected = 0  # in this run, for the trainer's metrics
+        self._served_figures: tuple[tuple, dict | None] = ((), None)  # ((version, reservoir, revision), figures)
 
     def _served_now(self) -> LoadedModel | None:
         """The newest promoted version, loaded once and kept while it stays the newest (an operator may force
@@ -98,7 +99,9 @@ class Gate:
         candidate = LoadedModel(self.store.model, 0, meta, model_state)
         figures = score(candidate, reservoir) if reservoir else None
         served = self._served_now()
-        theirs = score(served, reservoir) if served is not None and figures is not None else None
+        theirs = None
+        if served is not None and figures is not None:
+            theirs = self._served_score(served, reservoir)
         decision = decide(figures, theirs, served.version if served is not None else None, self.max_regression,
                           self.min_events)
         validation = None
@@ -107,6 +110,13 @@ class Gate:
                           "served_auc": theirs and theirs["auc"], "served_log_loss": theirs and theirs["log_loss"]}
         return replace(meta, validation=validation, promoted=decision.promoted,
                        promotion_reason=decision.reason), candidate
+
+    def _served_score(self, served: LoadedModel, reservoir: Reservoir) -> dict | None:
+        """The served version's figures on the reservoir, scored again only when either has changed since."""
+        key = (served.version, id(reservoir), reservoir.revision)
+        if self._served_figures[0] != key:
+            self._served_figures = key, score(served, reservoir)
+        return self._served_figures[1]
 
     def published(self, version: int, meta: VersionMeta, candidate: LoadedModel) -> None:
         """``version`` was published with the reviewed ``meta``: a promoted one is the served version from now."""

@@ -58,6 +58,7 @@ class Reservoir:
         self.capacity = capacity
         self.tables: dict[int, pa.Table] = {}
         self.seen: dict[int, int] = {}
+        self.revision = 0  # grows at every change: scores of an unchanged reservoir can be kept
         self._rng = np.random.default_rng(seed)
 
     def __bool__(self) -> bool:
@@ -92,6 +93,7 @@ class Reservoir:
         pool = rows if kept is None else _concat([kept, rows])
         self.tables[label] = pool.take(np.asarray(slots, dtype=np.int64))
         self.seen[label] = seen + rows.num_rows
+        self.revision += 1
 
     def merge(self, other: Reservoir) -> None:
         """Pool another reservoir's sample of a disjoint stream; each class stays within ``capacity``.
@@ -113,6 +115,7 @@ class Reservoir:
                 chosen = self._rng.choice(pool.num_rows, self.capacity, replace=False, p=weight / weight.sum())
                 pool = pool.take(np.sort(chosen))
             self.tables[label], self.seen[label] = pool, seen
+        self.revision += 1
 
     def events(self) -> tuple[pa.RecordBatch, np.ndarray] | None:
         """Every kept event as one batch (branches only) and its labels; None when empty."""
