@@ -27,6 +27,7 @@ to build its parser.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,8 @@ PROCESSES = ("signal", "background")  # the order files are written and publishe
 
 def add_arguments(parser) -> None:
     parser.add_argument("--events", type=int, default=30_000, help="events per file (default 30000)")
-    parser.add_argument("--files", type=int, default=2, help="files per class (default 2)")
+    parser.add_argument("--signal-files", type=int, default=2, help="signal files, published first (default 2)")
+    parser.add_argument("--background-files", type=int, default=2, help="background files, then (default 2)")
     parser.add_argument("--holdout", type=int, default=5_000, help="held-out events per class (default 5000)")
     parser.add_argument("--max-regression", type=float, default=0.01, help="serve.max_regression of the gated run")
     parser.add_argument("--validation-fraction", type=float, default=0.05, help="training.validation_fraction")
@@ -56,8 +58,9 @@ def run(args) -> dict:
     started = time.monotonic()
     with scratch_folder("quality") as tmp:
         folder = Path(tmp)
+        counts = {"signal": args.signal_files, "background": args.background_files}
         files = [(generate_file(folder / f"{process}-{i}.root", process, args.events, args.seed + 10 * k + i),
-                  int(process == "signal")) for k, process in enumerate(PROCESSES) for i in range(args.files)]
+                  int(process == "signal")) for k, process in enumerate(PROCESSES) for i in range(counts[process])]
         holdout = _holdout(folder, args.holdout, args.seed + 1000)
         init_ray(num_cpus=4)  # 2 producer actors and 2 trainer workers, one logical CPU each
         try:
@@ -107,7 +110,9 @@ def _config(folder: Path, name: str, files: list, max_regression: float | None, 
 
 
 class _HttpScorer(threading.Thread):
-    """Scores the held-out events through the server again and again; the held-out AUC of each version seen."""
+    """Watches which version the server answers with (``GET /v1/models``, every 20 ms) and scores the held-out
+    events through the server with each version it swaps to (``?version=N``, so a version is scored even if the
+    server has swapped again while the request ran): the held-out AUC of every version served."""
 
     def __init__(self, port: int, model: str, holdout):
         super().__init__(name="quality-holdout", daemon=True)
@@ -117,18 +122,23 @@ class _HttpScorer(threading.Thread):
         self.served: dict[int, float] = {}  # in the order versions were first seen
         self.stop_event = threading.Event()
 
-    def score(self) -> tuple[int, float]:
+    def score(self) -> tuple[int, float] | None:
+        """The version served now and its held-out AUC, scored through HTTP when first seen; None before any."""
         from hepstream.models.metrics import roc_auc
 
-        scores, version = self.client.predict_arrow(self.model, self.table)
-        if version not in self.served:
-            self.served[version] = roc_auc(scores, self.labels)
-        return version, self.served[version]
+        version = self.client.models()[0]["version"]
+        if version is not None and version not in self.served:
+            scores, answered = self.client.predict_arrow(self.model, self.table, version=version)
+            self.served[answered] = roc_auc(scores, self.labels)
+        return None if version is None else (version, self.served[version])
 
     def run(self) -> None:
+        from hepstream.serve.client import ClientError
+
         while not self.stop_event.is_set():
-            self.score()
-            self.stop_event.wait(0.05)
+            with contextlib.suppress(ClientError):  # the server starting
+                self.score()
+            self.stop_event.wait(0.02)
 
 
 def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_regression: float | None,
@@ -145,12 +155,12 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
     server, port = start_app_server(store, name, swap_delay_s=0.0)
     trainer = spawn_trainer(config, bootstrap)
     scorer = _HttpScorer(port, name, holdout)
+    scorer.start()  # from the first version on, while the stream is published and learned
     try:
         report = produce_on_ray(config, bootstrap)
         if report.failed:
             raise RuntimeError(f"producer failed on {report.as_dict()['failures']}")
         wait_ready(port, timeout_s=120)
-        scorer.start()
         while True:
             status = ray.get(trainer.status.remote())
             if status["failure"]:
@@ -160,7 +170,7 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
             time.sleep(0.2)
         final = ray.get(trainer.stop.remote())
         servable = store.latest_servable()
-        while scorer.score()[0] != servable:  # the server swaps to the last promoted version within a poll
+        while (scorer.score() or (None,))[0] != servable:  # the server swaps to it within a poll
             time.sleep(0.1)
         scorer.stop_event.set()
         scorer.join(60)

@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from hepstream.models.store import LoadedModel, ModelStore
+from hepstream.models.store_errors import StoreError
 from hepstream.models.validation import Reservoir, score
 from hepstream.models.version_meta import VersionMeta
 
@@ -91,7 +92,11 @@ class Gate:
         if version is None:
             self.served = None
         elif self.served is None or self.served.version != version:
-            self.served = self.store.load(version)
+            try:
+                self.served = self.store.load(version)
+            except (StoreError, ValueError) as error:  # the server cannot load it either: compare with the last one
+                log.warning("quality gate: version %d of %s does not load (%s); comparing with version %s",
+                            version, self.store.model, error, self.served and self.served.version)
         return self.served
 
     def review(self, meta: VersionMeta, model_state: dict, reservoir: Reservoir) -> tuple[VersionMeta, LoadedModel]:

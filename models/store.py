@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import time
-from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -116,11 +115,15 @@ class ModelStore:
 
     def latest_servable(self) -> int | None:
         """The newest promoted version (the quality gate let it through, or an operator forced it): the one
-        servers answer with. Versions written before the gate read as promoted."""
+        servers answer with. Versions written before the gate read as promoted; a version whose ``meta.json``
+        cannot be read is returned too, so that the server tries it and reports why it fails to load."""
         for version in reversed(self.versions()):
-            with suppress(StoreError):  # pruned or half removed since the listing: look further back
-                if self.read_meta(version).promoted:
-                    return version
+            try:
+                if not self.read_meta(version).promoted:
+                    continue
+            except StoreError:
+                pass
+            return version
         return None
 
     def promote(self, version: int, reason: str) -> VersionMeta:
