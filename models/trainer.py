@@ -9,6 +9,10 @@ learned again into the checkpointed model, never into a model that already saw
 them. Chunks whose key was already learned in this epoch (a producer re-sent
 them) are skipped and counted. Messages that cannot be used go to the
 dead-letter topic (:mod:`~hepstream.models.dead_letter`) and are counted.
+Chunks of the validation slice (:mod:`~hepstream.models.validation`) are
+checked, kept in a reservoir and counted as ``events_validation``, never
+learned; at each checkpoint :mod:`~hepstream.models.gate` scores the version on
+them and decides whether servers may swap to it.
 
 Where a partition without a checkpoint starts is ``training.start``: the
 earliest retained offset, the latest, the group's committed offset, or the

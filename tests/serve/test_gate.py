@@ -16,7 +16,7 @@ import yaml
 from hepstream.models.store import ModelStore
 from hepstream.models.trainer import StreamTrainer
 from hepstream.serve.app import create_app
-from hepstream.serve.watcher import ModelWatcher
+from hepstream.serve.watcher import ModelWatcher, not_served
 from tests.helpers import labelled_pair, pipeline_config, produce
 from tests.models.test_trainer import _train_until
 
@@ -107,3 +107,33 @@ def test_versions_from_before_the_gate_are_served(tmp_path, standins):
     assert ModelStore(root, "demo").latest_servable() == version
     watcher = ModelWatcher(ModelStore(root, "demo"))
     assert watcher.poll() and watcher.current.version == version
+
+
+def _reject(store: ModelStore, version: int, reason: str = "worse") -> None:
+    """Mark a published version rejected, as the gate writes it (a test's own meta.json rewrite)."""
+    path = store.path(version) / "meta.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "promoted": False, "promotion_reason": reason}))
+
+
+def test_pruning_keeps_the_served_version_however_many_rejected_ones_follow(tmp_path, standins):
+    root = tmp_path / "store"
+    served = standins.publish_real_version(root, "demo", seed=1)
+    store = ModelStore(root, "demo", keep=2)
+    for seed in (2, 3):
+        _reject(store, standins.publish_real_version(root, "demo", seed=seed))
+    meta, model_state, trainer_state = store.read(3)
+    store.publish(model_state, meta, trainer_state)  # rejected too (its meta says so), and pruning runs
+    assert store.versions() == [served, 3, 4] and store.latest_servable() == served
+
+
+def test_every_newer_version_says_why_it_does_not_answer(tmp_path, standins):
+    root = tmp_path / "store"
+    store = ModelStore(root, "demo")
+    for seed in (1, 2, 3):
+        standins.publish_real_version(root, "demo", seed=seed)
+    _reject(store, 2, "validation AUC 0.5 is 0.3 below served version 1's 0.8")
+    assert not_served(store, 1, None) == [
+        {"version": 2, "promoted": False, "why": "validation AUC 0.5 is 0.3 below served version 1's 0.8"},
+        {"version": 3, "promoted": True, "why": "promoted, not swapped in yet"}]
+    assert not_served(store, 1, 1)[1]["why"] == "pinned to version 1"
+    assert not_served(store, 3, None) == []
