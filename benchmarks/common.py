@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 
@@ -90,3 +91,20 @@ def wait_ready(port: int, timeout_s: float = 120.0, server: subprocess.Popen | N
             pass
         time.sleep(0.2)
     raise RuntimeError(f"server on port {port} not ready after {timeout_s} s")
+
+
+def start_app_server(store, model_name: str, **versions):
+    """The FastAPI app of ``hepstream.serve`` on uvicorn in a thread, polling ``store`` every 0.1 s (or as
+    ``versions``, keys of ``serve.versions``, say): (server, port). Stop it with ``server.should_exit = True``."""
+    import uvicorn
+
+    from hepstream.config import ServeConfig
+    from hepstream.serve.app import create_app
+    from hepstream.stack.ports import free_port
+
+    port = free_port()
+    settings = ServeConfig(versions={"poll_interval_s": 0.1, **versions})
+    app = create_app(store, model_name=model_name, settings=settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    return server, port

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from hepstream.benchmarks.common import rate, scratch_folder, wait_ready
+from hepstream.benchmarks.common import rate, scratch_folder, start_app_server, wait_ready
 from hepstream.benchmarks.workload import CHUNK_EVENTS, features, labelled_batches, learn_in_memory, shuffled_matrix
 
 _PER_EVENT_SAMPLE = 20_000
@@ -62,7 +62,9 @@ def _config(folder: Path, files: list):
         "producer": {"max_chunk_events": CHUNK_EVENTS, "step_size": "3 MB"},
         "features": features().model_dump(mode="json"),
         "model": {"name": "bench"},
-        "training": {"checkpoint_every_s": 1.0, "group_wait_s": 0.5, "chunks_per_step": 4, "device": "cpu"},
+        # No validation slice: every event is learned, as the in-memory ceiling learns every one.
+        "training": {"checkpoint_every_s": 1.0, "group_wait_s": 0.5, "chunks_per_step": 4, "device": "cpu",
+                     "validation_fraction": 0},
         "store": {"path": str(folder / "store")},
     })
 
@@ -154,21 +156,6 @@ def _train_stream(config, bootstrap, produced: int) -> tuple[float, object]:
     return elapsed, trainer
 
 
-def _start_server(store, model_name: str):
-    """The FastAPI app of ``hepstream.serve`` on uvicorn in a thread, polling ``store``: (server, port)."""
-    import uvicorn
-
-    from hepstream.config import ServeConfig
-    from hepstream.serve.app import create_app
-    from hepstream.stack.ports import free_port
-
-    port = free_port()
-    app = create_app(store, model_name=model_name, settings=ServeConfig(versions={"poll_interval_s": 0.1}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    return server, port
-
-
 def _freshness(config, bootstrap, extra_file) -> float | None:
     """Publish one more file while trainer and server run; seconds until an answer comes from a version
     whose offsets cover it."""
@@ -178,7 +165,7 @@ def _freshness(config, bootstrap, extra_file) -> float | None:
     from hepstream.serve.client import Client
 
     store = ModelStore(config.store.path, config.model.name)
-    server, port = _start_server(store, config.model.name)
+    server, port = start_app_server(store, config.model.name)
     trainer, stop, thread = _start_trainer(config, bootstrap)
     client = Client(f"http://127.0.0.1:{port}")
     rows = uproot.open(extra_file)["Events"].arrays(config.features.branches, entry_stop=5).to_list()

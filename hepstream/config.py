@@ -278,6 +278,10 @@ class TrainingConfig(_Section):
                                            "in arrival order")
     class_weights: Literal["none", "balanced"] = Field(default="none", description="balanced: weigh each event by "
                                                        "n / (classes * n_class) over the events seen so far")
+    validation_fraction: float = Field(default=0.03, ge=0, le=0.5, description="Share of chunks (by key hash) never "
+                                       "trained on, kept to score every version; 0: no validation slice, no gate")
+    validation_events: Count = Field(default=5000, description="Validation events kept per class (a reservoir sample "
+                                     "of the slice), checkpointed with the model")
 
     @field_validator("start")
     @classmethod
@@ -428,6 +432,9 @@ class ServeConfig(_Section):
     scaling: ScalingConfig = ScalingConfig()
     versions: VersionsConfig = VersionsConfig()
     ray: RayStartConfig = RayStartConfig()
+    max_regression: float | None = Field(default=0.01, ge=0, le=1, description="A version is served only when its "
+                                         "validation AUC is at most this much below the served version's on the same "
+                                         "events; null: every version is served (no gate)")
 
     @model_validator(mode="before")
     @classmethod

@@ -39,6 +39,7 @@ from kafka import KafkaConsumer
 from hepstream.config import Config
 from hepstream.kafka import topic_partitions
 from hepstream.models.checkpoint_health import CheckpointHealth
+from hepstream.models.gate import Gate
 from hepstream.models.grouping import GroupPoller
 from hepstream.models.metrics import PrequentialMetrics
 from hepstream.models.position import COUNTERS, Position
@@ -46,6 +47,7 @@ from hepstream.models.store import ModelStore
 from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer import StreamTrainer
 from hepstream.models.trainer_status import TrainerStatus
+from hepstream.models.validation import stored_reservoir
 from hepstream.models.version_meta import VersionMeta
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,7 @@ class RoundWorker:
         self.position = self.trainer.position
         # Counted from this worker's start; the coordinator adds the resumed version's totals once.
         self.position.reset_counters()
+        self.trainer.take_validation()  # the coordinator keeps the lineage's reservoir; a worker sends what it holds
         self.consumer: KafkaConsumer | None = None
         self.groups: GroupPoller | None = None
 
@@ -181,6 +184,8 @@ class RoundWorker:
         learned = position.counters["events_trained"] - before
         report = {"events": learned, "counters": dict(position.counters), "offsets": dict(position.offsets),
                   "last_error": trainer.last_error}
+        if trainer.validation:
+            report["validation"] = trainer.take_validation()
         if learned:
             report["state"] = on_cpu(trainer.learner.estimator.state_dict())
             report["features"] = trainer.learner.features.state_dict()
@@ -240,6 +245,9 @@ class DataParallelTrainer:
         self._published_offsets: dict[int, int] = {}
         self._learned = False
         self.checkpoints = CheckpointHealth(config.training.checkpoint_every_s)
+        training = config.training
+        self.validation = stored_reservoir(self.store, self.version, training.validation_events, training.seed)
+        self.gate = Gate(self.store, config.serve.max_regression, training.validation_events)
 
     def _counters(self, reports: Sequence[dict]) -> dict:
         counters = dict(self.base_counters)
@@ -262,6 +270,7 @@ class DataParallelTrainer:
             last_error=self.checkpoints.error or next((r["last_error"] for r in reports if r.get("last_error")), None),
             **self.checkpoints.status_fields(),
             workers=[{"partitions": split, **r["counters"]} for split, r in zip(self.splits, reports)],
+            versions_rejected=self.gate.rejected,
         )
 
     def run(self, stop: threading.Event, topic_wait_s: float = 60.0) -> None:
@@ -303,6 +312,9 @@ class DataParallelTrainer:
 
     def _round(self, drain: bool = False) -> None:
         self.reports = self.pool.call("learn_round", self.config.training.round_groups, drain)
+        for report in self.reports:  # the workers' validation events join the lineage's reservoir, bounded
+            if "validation" in report:
+                self.validation.merge(report.pop("validation"))
         learned = [r for r in self.reports if r["events"]]
         if not learned:
             return
@@ -330,7 +342,7 @@ class DataParallelTrainer:
                        workers=[{"partitions": split, "events_this_run": s["counters"]["events_trained"]}
                                 for split, s in zip(self.splits, shares)])
         state.update(merged)
-        self.version = self.checkpoints.publish(self.store, model_state, meta, state, checkpoint)
+        self.version = self.gate.publish(self.checkpoints, model_state, meta, state, checkpoint, self.validation)
         self._published_offsets = {int(p): o for p, o in offsets.items()}
         self._learned = False
         self.pool.call("checkpointed", self.version)

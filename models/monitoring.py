@@ -22,6 +22,8 @@ _COUNTERS = {
     "bad_messages": "Messages that could not be decoded or featurised",
     "dead_letters": "Messages sent to the dead-letter topic",
     "checkpoint_failures": "Checkpoints the model store refused in this run (full, read-only, no permission)",
+    "events_validation": "Events of the validation slice: consumed, never learned",
+    "versions_rejected": "Versions the quality gate kept from the server in this run",
 }
 _GAUGES = {"auc": "Prequential AUC over the sliding window", "overall_auc": "Prequential AUC over the stream",
            "log_loss": "Prequential log-loss over the stream", "accuracy": "Prequential accuracy over the stream",

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping
 
 from hepstream.kafka import commit_request
 
-COUNTERS = ("events_trained", "chunks", "duplicate_chunks", "bad_messages", "dead_letters")
+COUNTERS = ("events_trained", "chunks", "duplicate_chunks", "bad_messages", "dead_letters", "events_validation",
+            "validation_chunks")
 
 
 class Position:
@@ -146,6 +147,13 @@ class Position:
         self.seen_keys.update(keys)
         self.counters["events_trained"] += events
         self.counters["chunks"] += len(keys)
+
+    def held(self, keys: list[str], events: int) -> None:
+        """Chunks with these keys went to the validation slice: consumed and counted, never learned; a copy
+        sent again is a duplicate this epoch, as for a learned chunk."""
+        self.seen_keys.update(keys)
+        self.counters["events_validation"] += events
+        self.counters["validation_chunks"] += len(keys)
 
     def reset_counters(self) -> None:
         """Count from now: a data-parallel worker reports its own counts, the coordinator adds the resumed totals."""

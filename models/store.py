@@ -12,7 +12,12 @@ holds the model state, as ``weights.pt`` (torch models, read back with
 models): a checkpoint is data, never code. ``meta.json`` holds what a reader
 needs (a :class:`~hepstream.models.version_meta.VersionMeta`: feature spec
 and state, metrics, lineage); ``trainer.json`` the trainer's resume state
-(offsets, seen chunk keys, counters).
+(offsets, seen chunk keys, counters); ``validation.arrow``, when the run keeps
+a validation slice, its reservoir (:mod:`~hepstream.models.validation`).
+
+The server follows the newest *promoted* version (:meth:`ModelStore.latest_servable`,
+see :mod:`~hepstream.models.gate`), so pruning never removes it, however many
+rejected versions follow it.
 """
 
 from __future__ import annotations
@@ -108,11 +113,41 @@ class ModelStore:
     def path(self, version: int) -> Path:
         return self.folder / f"v{version:06d}"
 
-    def publish(self, model_state: dict, meta: VersionMeta, trainer_state: dict, checkpoint: str = "torch") -> int:
+    def latest_servable(self) -> int | None:
+        """The newest promoted version (the quality gate let it through, or an operator forced it): the one
+        servers answer with. Versions written before the gate read as promoted; a version whose ``meta.json``
+        cannot be read is returned too, so that the server tries it and reports why it fails to load."""
+        for version in reversed(self.versions()):
+            try:
+                if not self.read_meta(version).promoted:
+                    continue
+            except StoreError:
+                pass
+            return version
+        return None
+
+    def promote(self, version: int, reason: str) -> VersionMeta:
+        """Mark a version promoted with ``reason`` (an operator forcing it): its ``meta.json`` is replaced by
+        an atomic rename, so a server polling meanwhile reads the old record or the new one, never half."""
+        meta = replace(self.read_meta(version), promoted=True, promotion_reason=reason)
+        path = self.path(version) / "meta.json"
+        partial = path.with_name(f".meta.json.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            partial.write_text(meta.to_json())
+            os.replace(partial, path)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise StoreWriteError(self.root, self.path(version), describe_os_error(error, self.root, 0),
+                                  error.errno) from error
+        return meta
+
+    def publish(self, model_state: dict, meta: VersionMeta, trainer_state: dict, checkpoint: str = "torch",
+                files: dict[str, bytes] | None = None) -> int:
         """Write a new version atomically and return its number.
 
         ``checkpoint`` is ``"torch"`` (``model_state`` holds tensors) or ``"json"``. The
-        version's name, number, time and checkpoint format replace those of ``meta``.
+        version's name, number, time and checkpoint format replace those of ``meta``; ``files`` are more
+        files of the version (``validation.arrow``).
         Every file is made in memory before any is written, so a filesystem that
         refuses one fails with the OS's error and its errno (torch writing to a
         file reports a full disk as ``basic_ios::clear: iostream error``); any
@@ -121,7 +156,7 @@ class ModelStore:
         version = (self.latest() or 0) + 1
         meta = replace(meta, name=self.model, version=version, created=time.time(), checkpoint=checkpoint)
         files = {**_model_file(model_state, checkpoint), "meta.json": meta.to_json().encode(),
-                 "trainer.json": json.dumps(trainer_state).encode()}
+                 "trainer.json": json.dumps(trainer_state).encode(), **(files or {})}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._remove_abandoned_staging()
@@ -152,8 +187,11 @@ class ModelStore:
                 shutil.rmtree(self.folder / name, ignore_errors=True)
 
     def _prune(self) -> None:
-        for version in self.versions()[: -self.keep]:
-            shutil.rmtree(self.path(version), ignore_errors=True)
+        old = self.versions()[: -self.keep]
+        served = self.latest_servable() if old else None
+        for version in old:
+            if version != served:
+                shutil.rmtree(self.path(version), ignore_errors=True)
 
     def read_meta(self, version: int) -> VersionMeta:
         return self._read(version, "meta.json", VersionMeta.from_json)
@@ -167,6 +205,13 @@ class ModelStore:
                              f"{name} (was it pruned? versions on disk: {self.versions()[-5:]})") from None
         except (OSError, ValueError, RuntimeError) as error:
             raise StoreError(f"{path}: unreadable ({error})") from None
+
+    def read_file(self, version: int, name: str) -> bytes | None:
+        """A further file of a version (``validation.arrow``) as bytes; None when the version has none."""
+        try:
+            return (self.path(version) / name).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def read(self, version: int) -> tuple[VersionMeta, dict, dict]:
         """(meta, model_state, trainer_state) of a version, for resuming training."""

@@ -9,6 +9,10 @@ learned again into the checkpointed model, never into a model that already saw
 them. Chunks whose key was already learned in this epoch (a producer re-sent
 them) are skipped and counted. Messages that cannot be used go to the
 dead-letter topic (:mod:`~hepstream.models.dead_letter`) and are counted.
+Chunks of the validation slice (:mod:`~hepstream.models.validation`) are
+checked, kept in a reservoir and counted as ``events_validation``, never
+learned; at each checkpoint :mod:`~hepstream.models.gate` scores the version on
+them and decides whether servers may swap to it.
 
 Where a partition without a checkpoint starts is ``training.start``: the
 earliest retained offset, the latest, the group's committed offset, or the
@@ -35,6 +39,7 @@ from hepstream.config import Config, start_timestamp_ms
 from hepstream.kafka import commit, new_consumer, wait_for_topic
 from hepstream.models.checkpoint_health import CheckpointHealth
 from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
+from hepstream.models.gate import Gate
 from hepstream.models.labels import chunk_labels
 from hepstream.models.learner import Group, Learner, Prepared, Preparation
 from hepstream.models.position import Position, Replay
@@ -43,6 +48,7 @@ from hepstream.models.shuffle import ClassWeights, ShuffleBuffer, Waiting
 from hepstream.models.store import ModelStore
 from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer_status import TrainerStatus
+from hepstream.models.validation import Reservoir, in_slice, stored_reservoir
 from hepstream.models.version_meta import VersionMeta
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,14 @@ class Replayed:
     """A record read again after a restart that was dealt with before it (see :class:`Replay`): no count."""
 
     record: Any
+class Held:
+    """A chunk of the validation slice (:mod:`~hepstream.models.validation`): checked, kept to score versions,
+    never learned."""
+
+    record: Any
+    key: str
+    batch: Any  # pyarrow RecordBatch
+    labels: Any  # numpy int64, one per event
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,7 @@ class Refused:
     error: Exception
 
 
-Verdict = Ok | Duplicate | Replayed | Refused
+Verdict = Ok | Duplicate | Replayed | Held | Refused
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,11 @@ class Step:
     def keys(self) -> list[str]:
         """The keys of the chunks kept, in the order of the group's features."""
         return [v.key for v in self.verdicts if isinstance(v, Ok)]
+
+    @property
+    def consumed_keys(self) -> list[str]:
+        """The keys of the chunks kept or held for validation: sent again, either is a duplicate."""
+        return [v.key for v in self.verdicts if isinstance(v, (Ok, Held))]
 
 
 def use_compute_threads(threads: int) -> None:
@@ -133,6 +152,8 @@ class StreamTrainer:
         if training.shuffle_chunks:
             self.shuffle = ShuffleBuffer(training.shuffle_chunks, training.chunks_per_step, training.seed)
         self.class_weights = ClassWeights(training.class_weights, config.model.classes)
+        self.validation = Reservoir(config.training.validation_events, config.training.seed)
+        self.gate = Gate(self.store, config.serve.max_regression, config.training.validation_events)
         self._dirty = False
         self._resume()
         self.replay = Replay(self.position)
@@ -148,6 +169,8 @@ class StreamTrainer:
         self.position.restore(state)
         if "class_counts" in state:  # older checkpoints have none
             self.class_weights.load_state_dict(state["class_counts"])
+        self.validation = stored_reservoir(self.store, latest, self.config.training.validation_events,
+                                           self.config.training.seed)
         self.version = latest
         log.info("resuming %s from version %d at offsets %s", self.config.model.name, latest, self.offsets)
 
@@ -168,7 +191,7 @@ class StreamTrainer:
         return TrainerStatus(**self.counters, version=self.version, epoch=self.epoch, offsets=dict(self.offsets),
                              metrics=self.learner.metrics_summary(),
                              last_error=self.checkpoints.error or self.last_error,
-                             **self.checkpoints.status_fields())
+                             **self.checkpoints.status_fields(), versions_rejected=self.gate.rejected)
 
     def _refuse(self, refused: Refused) -> None:
         record, error = refused.record, refused.error
@@ -209,6 +232,11 @@ class StreamTrainer:
                 key = chunk.id.key().decode()
                 if key in known or key in keys:
                     verdicts.append(Duplicate(m, key))
+                elif in_slice(key, self.config.training.validation_fraction):
+                    # Checked as a learned chunk is, so that no version is ever scored on a chunk it cannot read.
+                    labels = self.learner.prepare(chunk.batch, chunk_labels(chunk, self.config.dataset.label_branch)).labels
+                    keys.add(key)
+                    verdicts.append(Held(m, key, chunk.batch, labels))
                 else:
                     chunks.append(self.learner.prepare(chunk.batch, chunk_labels(chunk, self.config.dataset.label_branch)))
                     keys.add(key)
@@ -229,6 +257,9 @@ class StreamTrainer:
                 self.position.count("duplicate_chunks")
             elif isinstance(verdict, Refused):
                 self._refuse(verdict)
+            elif isinstance(verdict, Held):
+                self.validation.add(verdict.batch, verdict.labels, self.config.features.branches)
+                self.position.held([verdict.key], len(verdict.labels))
             self.position.advance(verdict.record.partition, verdict.record.offset)
             self._dirty = True
         if self.shuffle is not None:
@@ -286,8 +317,14 @@ class StreamTrainer:
         :meth:`status`; nothing is committed and the state stays to be checkpointed later.
         """
         self.flush_dead_letters()
-        self.published(self.checkpoints.publish(self.store, *self.checkpoint_parts()), consumer)
+        self.published(self.gate.publish(self.checkpoints, *self.checkpoint_parts(), self.validation), consumer)
         return self.version
+
+    def take_validation(self) -> Reservoir:
+        """The validation events held since the last call, leaving an empty reservoir: a data-parallel worker
+        hands them to its coordinator, which keeps the lineage's reservoir."""
+        held, self.validation = self.validation, Reservoir(self.validation.capacity, self.config.training.seed)
+        return held
 
     def flush_dead_letters(self) -> None:
         """Store the refused messages' copies: before a checkpoint records them as consumed, never after."""
@@ -372,7 +409,7 @@ class StreamTrainer:
 
             def prepare(messages) -> Step:  # in the read-ahead thread
                 step = self.prepare_messages(messages, known, ahead, replay)
-                known.update(step.keys)
+                known.update(step.consumed_keys)
                 return step
 
             def rewound() -> None:  # in the read-ahead thread: a new epoch reads every record again

@@ -29,6 +29,9 @@ class TrainerStatus:
     checkpoint_failures: int = 0  # checkpoints the store refused in this run
     checkpoint_age_s: float | None = None  # seconds since the last checkpoint succeeded (or the run started)
     workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions and counters
+    events_validation: int = 0  # events of the validation slice: consumed, never learned (models/validation.py)
+    validation_chunks: int = 0
+    versions_rejected: int = 0  # versions the quality gate kept from the server in this run (models/gate.py)
 
     def as_dict(self) -> dict[str, Any]:
         """The status as JSON-ready values; ``workers`` only for a data-parallel run."""

@@ -4,7 +4,8 @@ Routes::
 
     POST   /v1/models/{name}/predict[?version=N]   events -> {"model", "version", "scores"} (Arrow in, Arrow out)
     GET    /v1/models                              the models served and their versions
-    GET    /v1/models/{name}                       versions on disk, metrics, expected branches with types
+    GET    /v1/models/{name}                       versions on disk, which answers and why newer ones do not,
+                                                   metrics, expected branches with types
     PUT    /v1/models/{name}/pin  {"version": N}    operator rollback: every replica serves version N
     DELETE /v1/models/{name}/pin                   back to the newest version
     GET    /v1/health/live, /v1/health/ready       liveness and readiness, open to probes without a token
@@ -26,7 +27,7 @@ from hepstream.serve.datatypes import FEATURE_NUMBER
 from hepstream.serve.errors import RequestError
 from hepstream.serve.events import parse_events
 from hepstream.serve.scoring import Serving
-from hepstream.serve.watcher import pin_path, write_pin
+from hepstream.serve.watcher import not_served, pin_path, write_pin
 
 if TYPE_CHECKING:
     from hepstream.models.store import LoadedModel
@@ -114,6 +115,10 @@ def v1_router(serving: Serving, max_events: int) -> APIRouter:
             "version": model.version,
             "versions": list(store.versions()),
             "pinned": serving.watcher.pinned,
+            "promoted": model.meta.promoted,
+            "promotion_reason": model.meta.promotion_reason,
+            "validation": _finite_or_null(model.meta.validation),
+            "not_served": not_served(store, model.version, serving.watcher.pinned),
             "events_trained": model.meta.events_seen,
             "metrics": _finite_or_null(model.meta.metrics),
             "inputs": [{"name": branch.name, "jagged": branch.jagged,

@@ -1,4 +1,4 @@
-"""Hot swap: the newest published model version, loaded beside the one in use.
+"""Hot swap: the newest promoted model version, loaded beside the one in use.
 
 A trainer publishes versions every few seconds. Reloading in the request path,
 or Ray Serve's ``reconfigure``, makes requests wait for the load (tens to
@@ -14,6 +14,10 @@ replicas could get version 2 and then version 1. With ``swap_delay_s`` a
 loaded version is held until that long after its publication (the
 ``created`` time in its metadata), so every replica that has loaded it by
 then swaps at the same instant; one that loads later swaps at once.
+
+Only promoted versions are followed (:mod:`hepstream.models.gate`): a version
+the quality gate rejected stays in the store and is never swapped in, unless
+an operator forces it through (``hepstream models promote``) or pins it.
 
 An operator rolls back by pinning a version in a small file beside the store
 (:func:`write_pin`): every replica reads it on its next poll, so all of them
@@ -59,7 +63,7 @@ def _freeze_long_lived_objects() -> None:
 class Store(Protocol):
     """What the watcher needs of ``hepstream.models.store.ModelStore``."""
 
-    def latest(self) -> int | None: ...
+    def latest_servable(self) -> int | None: ...
 
     def load(self, version: int) -> LoadedModel: ...
 
@@ -101,6 +105,22 @@ def write_pin(path: Path, version: int | None) -> None:
     partial.rename(path)
 
 
+def not_served(store, served: int, pinned: int | None, most: int = 10) -> list[dict]:
+    """The versions newer than ``served`` (at most the ``most`` newest), each with why it does not answer:
+    rejected by the quality gate (its reason), the operator's pin, or not yet loaded and swapped in."""
+    rows = []
+    for version in [v for v in store.versions() if v > served][-most:]:
+        try:
+            meta = store.read_meta(version)
+        except Exception as error:  # a version half written or pruned meanwhile says so, instead of failing
+            rows.append({"version": version, "promoted": None, "why": f"unreadable: {error}"})
+            continue
+        why = meta.promotion_reason if not meta.promoted else (
+            f"pinned to version {pinned}" if pinned is not None else "promoted, not swapped in yet")
+        rows.append({"version": version, "promoted": meta.promoted, "why": why})
+    return rows
+
+
 @dataclass(frozen=True)
 class _Failure:
     version: int | None  # None: the store itself could not be read
@@ -109,7 +129,7 @@ class _Failure:
 
 
 class ModelWatcher:
-    """Keeps ``current`` at the newest version of one model that loads, or at the operator's pin.
+    """Keeps ``current`` at the newest promoted version of one model that loads, or at the operator's pin.
 
     A version that fails to load (half written, corrupt) is logged and retried
     with a growing delay, up to ``max_retry_interval_s``; the current model keeps
@@ -167,7 +187,7 @@ class ModelWatcher:
             return False
         try:
             self.pinned = read_pin(self.pin_file)
-            wanted = self.pinned if self.pinned is not None else self.store.latest()
+            wanted = self.pinned if self.pinned is not None else self.store.latest_servable()
         except Exception as error:
             self._failed(None, error)
             return False

@@ -35,7 +35,8 @@ def test_demo_pipeline_end_to_end(workdir):
     assert " INFO " not in result.stderr  # the demo says each step itself; Serve's lines only repeated them
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["events_produced"] == 160_000
-    assert summary["events_trained"] == summary["events_produced"]  # every event learned exactly once
+    # Every event learned exactly once, or held in the validation slice and never learned.
+    assert summary["events_trained"] + summary["events_validation"] == summary["events_produced"]
     assert summary["duplicate_chunks"] == 0 and summary["bad_messages"] == 0
     assert summary["model_versions_served"] >= 2
     assert summary["failed_requests"] == 0 and summary["requests"] > 0

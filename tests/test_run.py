@@ -41,7 +41,7 @@ def pipeline(tmp_path) -> Path:
         "dataset": {"name": f"run-{tmp_path.name[-12:]}", "files": files},
         "producer": {"max_chunk_events": 400, "poll_s": 0.5, "settle_s": 0.5},
         "model": {"name": "mine", "hidden": [8]},
-        "training": {"checkpoint_every_s": 0.3},
+        "training": {"checkpoint_every_s": 0.3, "validation_fraction": 0},  # every event learned, newest served
         "store": {"path": str(tmp_path / "store")},
         # The replicas' own ports too: Serve's default, 30000, is every concurrent run's on a shared machine.
         "serve": {"http": {"port": free_port()}, "ray": {"direct_ingress_port": free_port()}},

@@ -1,4 +1,4 @@
-"""``hepstream bench produce|train|core|serve|freshness``: each stage against its own baseline, in the same run.
+"""``hepstream bench produce|train|core|serve|freshness|quality``: each stage against its own baseline, in the same run.
 
 Every benchmark prints one JSON object (``--json``) whose ratios compare the
 stage with a baseline measured moments before on the same machine, so the
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 
-from hepstream.benchmarks import core, freshness, produce, serve, train
+from hepstream.benchmarks import core, freshness, produce, quality, serve, train
 
-STAGES = {"produce": produce, "train": train, "core": core, "serve": serve, "freshness": freshness}
+STAGES = {"produce": produce, "train": train, "core": core, "serve": serve, "freshness": freshness,
+          "quality": quality}
 
 
 def add_parser(subparsers) -> None:

@@ -169,13 +169,15 @@ def run_demo(args, progress: Progress) -> dict:
             status = ray.get(trainer.status.remote())
             if status["failure"]:
                 raise RuntimeError(f"trainer failed:\n{status['failure']}")
-            return status["events_trained"] >= report.events
+            return status["events_trained"] + status["events_validation"] >= report.events
 
         _wait_for(trained_all, DONE_TIMEOUT_S, "the trainer to learn every published event")
         final = ray.get(trainer.stop.remote())
         progress.step(f"trained {final['events_trained']:,} events; final version {final['version']}")
-        _wait_for(lambda: final["version"] in holdout.versions[-5:], 60,
-                  f"the server to answer with the final version {final['version']}")
+        from hepstream.models.store import ModelStore
+
+        served = ModelStore(config.store.path, config.model.name).latest_servable()  # the gate may hold newer back
+        _wait_for(lambda: served in holdout.versions[-5:], 60, f"the server to answer with version {served}")
         holdout.stop_event.set()
         holdout.join()
 
@@ -184,9 +186,11 @@ def run_demo(args, progress: Progress) -> dict:
         return {
             "events_produced": report.events,
             "events_trained": final["events_trained"],
+            "events_validation": final["events_validation"],
             "duplicate_chunks": final["duplicate_chunks"],
             "bad_messages": final["bad_messages"],
             "model_versions_published": final["version"],
+            "model_versions_rejected": final["versions_rejected"],
             "model_versions_served": len(set(holdout.versions)),
             "versions_answering": sorted(set(holdout.versions)),
             "holdout_events": len(rows),
@@ -205,7 +209,7 @@ def run_demo(args, progress: Progress) -> dict:
 
 def healthy(summary: dict) -> bool:
     return (
-        summary["events_trained"] == summary["events_produced"] > 0
+        summary["events_trained"] + summary["events_validation"] == summary["events_produced"] > 0
         and summary["failed_requests"] == 0
         and summary["model_versions_served"] >= 2
         and (summary["holdout_auc"] or 0) >= 0.85

@@ -25,11 +25,13 @@ from hepstream.cli.jobs import config_argument
 from hepstream.cli.run import follow_status_path
 from hepstream.config import KafkaConfig, load_config
 from hepstream.run_state import RunState, state_dir, state_path
+from hepstream.serve.watcher import not_served
 
 PROBE_TIMEOUT_S = 2.0
 # A counter's family holds its "_total" sample and, for counters of prometheus_client's own, a "_created" time.
 _PROBED_ROUTES = ("/metrics", "/v1/models/{name}")
 _EVENTS_TRAINED = ("hepstream_trainer_events_trained", "hepstream_trainer_events_trained_total")
+_EVENTS_VALIDATION = ("hepstream_trainer_events_validation", "hepstream_trainer_events_validation_total")
 
 
 def add_parser(subparsers) -> None:
@@ -148,9 +150,12 @@ def gather(state: RunState, kafka: KafkaConfig, sample_s: float) -> dict:
     meta = store.read_meta(newest) if newest is not None else None
     trained = _value(trainer, *_EVENTS_TRAINED)
     events_trained = int(trained) if trained is not None else (meta.events_seen if meta else 0)
+    held = _value(trainer, *_EVENTS_VALIDATION)
+    events_validation = int(held) if held is not None else (meta.counters.get("events_validation", 0) if meta else 0)
     ends = _end_offsets(state.bootstrap, kafka, state.topic)
     metrics = meta.metrics if meta else {}
     requests_total, failed = _requests(serve)
+    served = _served_version(state)
     return {
         "running": True,
         "supervisor_pid": state.pid,
@@ -164,11 +169,16 @@ def gather(state: RunState, kafka: KafkaConfig, sample_s: float) -> dict:
         "end_offsets": {str(p): o for p, o in ends.items()},
         "messages": sum(ends.values()),
         "events_trained": events_trained,
-        "lag_events": producer["events_published"] - events_trained,
+        "events_validation": events_validation,  # held in the validation slice: consumed, never learned
+        "lag_events": producer["events_published"] - events_trained - events_validation,
         "trainer_events_per_s": _rate(_value(trainer_before, *_EVENTS_TRAINED), trained, sample_s),
         "trainer_answers": trainer is not None,
         "version_newest": newest,
-        "version_served": _served_version(state),
+        "version_served": served,
+        # Why the newer versions do not answer: the quality gate's reasons (models/gate.py), or not swapped in yet.
+        "versions_not_served": not_served(store, served, None) if served is not None else [],
+        "versions_rejected": int(_value(trainer, "hepstream_trainer_versions_rejected",
+                                        "hepstream_trainer_versions_rejected_total") or 0),
         "prequential_auc": _value(trainer, "hepstream_trainer_overall_auc") or metrics.get("auc"),
         "prequential_log_loss": _value(trainer, "hepstream_trainer_log_loss") or metrics.get("log_loss"),
         "drift_alarms": int(_value(trainer, "hepstream_trainer_drift_detections", "hepstream_trainer_drift_detections_total") or 0),
@@ -195,15 +205,19 @@ def _table(status: dict) -> Table:
         "files pending": len(status["files_pending"]),
         "events published": f"{status['events_published']:,}",
         "topic end offsets": f"{status['topic']}: {status['end_offsets']}",
-        "events trained / lag": f"{status['events_trained']:,} / {status['lag_events']:,}",
+        "events trained / validation / lag": f"{status['events_trained']:,} / {status['events_validation']:,} / "
+                                             f"{status['lag_events']:,}",
         "trainer events/s": status["trainer_events_per_s"],
         "version newest / served": f"{status['version_newest']} / {status['version_served']}",
+        "versions rejected by the gate (this run)": status["versions_rejected"],
         "prequential AUC / log-loss": f"{status['prequential_auc']} / {status['prequential_log_loss']}",
         "drift alarms": status["drift_alarms"],
         "serving": status["serve_url"],
         "requests/s, failed": f"{status['requests_per_s']}, {status['failed_requests']}",
         "latency p50 / p99 (ms, bucket bound)": f"{status['latency_p50_ms']} / {status['latency_p99_ms']}",
     }
+    for row in status["versions_not_served"]:
+        rows[f"version {row['version']}: not served"] = row["why"]
     for url, reason in status["failures"].items():
         rows[f"failed: {url}"] = reason
     for key, value in rows.items():

@@ -124,7 +124,7 @@ def _wait_for(ray, actor, events: int, duplicates: int = 0, timeout_s: float = 1
     while time.monotonic() < deadline:
         status = ray.get(actor.status.remote())
         assert not status["failure"], status["failure"]
-        if status["events_trained"] >= events and status["duplicate_chunks"] >= duplicates:
+        if status["events_trained"] + status["events_validation"] >= events and status["duplicate_chunks"] >= duplicates:
             return status
         time.sleep(0.1)
     raise AssertionError(f"trainer learned {status['events_trained']} events of {events} in {timeout_s} s")
@@ -204,3 +204,33 @@ def test_two_workers_write_one_lineage_that_a_killed_run_resumes_exactly_once(ra
     assert [w["partitions"] for w in metas[-1].workers] == [[0], [1]]
     per_partition = collections.Counter(str(r.partition) for r in read_topic(broker.bootstrap, config.dataset.topic))
     assert metas[-1].offsets == dict(sorted(per_partition.items()))  # every message of both partitions
+
+
+@pytest.mark.integration
+def test_two_workers_hold_the_validation_slice_apart_and_the_coordinator_keeps_one_reservoir(
+        ray_session, broker, unique_topic, tmp_path):
+    from hepstream import wire
+    from hepstream.models.actor import spawn_trainer
+    from hepstream.models.validation import Reservoir, in_slice
+
+    config = pipeline_config(unique_topic, labelled_pair(tmp_path, 2000, 2000, seed=5), tmp_path / "store",
+                             kafka={"partitions": 2}, producer={"max_chunk_events": 200},
+                             training={"workers": 2, "checkpoint_every_s": 0.1, "chunks_per_step": 2,
+                                       "group_wait_s": 0.0, "validation_fraction": 0.3, "validation_events": 300})
+    report = produce(config, broker.bootstrap)
+    chunks = [wire.decode(r.key, r.value, r.headers) for r in read_topic(broker.bootstrap, config.dataset.topic)]
+    held = [c for c in chunks if in_slice(c.id.key().decode(), 0.3)]
+    per_class = {label: sum(c.events for c in held if c.label == label) for label in (0, 1)}
+    assert min(per_class.values()) > 300  # more than a reservoir keeps: the coordinator's merge must bound it
+    actor = spawn_trainer(config, broker.bootstrap)
+    _wait_for(ray_session, actor, report.events)
+    final = ray_session.get(actor.stop.remote())
+    assert final["failure"] is None
+    assert final["events_validation"] == sum(per_class.values()) and final["validation_chunks"] == len(held)
+    assert final["events_trained"] == report.events - final["events_validation"]  # the slice is never learned
+    store = ModelStore(config.store.path, config.model.name)
+    meta = store.read_meta(store.latest())
+    reservoir = Reservoir.from_bytes(store.read_file(store.latest(), "validation.arrow"), capacity=300)
+    assert reservoir.seen == per_class and reservoir.counts() == {0: 300, 1: 300}
+    assert meta.validation["per_class"] == {"0": 300, "1": 300} and meta.counters["events_validation"] == \
+        final["events_validation"]

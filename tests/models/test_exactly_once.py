@@ -3,7 +3,9 @@
 The stream is live: a thread publishes chunks while the trainer runs, so the
 kills land while it polls, learns, writes a checkpoint or commits offsets.
 At the end the counters in the newest checkpoint must equal what was
-produced, to the event: nothing lost, nothing learned twice.
+produced, to the event: nothing lost, nothing learned twice. A fifth of the
+chunks fall in the validation slice: those are never learned, counted apart,
+and each is in the checkpointed reservoir exactly once.
 """
 
 import json
@@ -21,6 +23,7 @@ from hepstream import wire
 from hepstream.config import KafkaConfig
 from hepstream.kafka import ensure_topic, new_producer
 from hepstream.models.store import ModelStore
+from hepstream.models.validation import Reservoir, in_slice
 from hepstream.streaming.datagen import generate_file
 from hepstream.streaming.producer import read_plan
 from hepstream.streaming.reader import iterate_chunks
@@ -32,11 +35,11 @@ KILLS = 4
 
 
 def _messages(config):
-    """Every chunk of the dataset, files interleaved, encoded as Kafka messages."""
+    """Every chunk of the dataset, files interleaved, encoded as Kafka messages; and the chunks themselves."""
     plan = read_plan(config)
     streams = [list(iterate_chunks(f.url, plan, f.label)) for f in config.dataset.files]
     chunks = [c for group in zip(*streams) for c in group]
-    return [wire.encode(c, "zstd") for c in chunks], sum(c.events for c in chunks)
+    return [wire.encode(c, "zstd") for c in chunks], chunks
 
 
 class LiveStream(threading.Thread):
@@ -85,10 +88,14 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
     config = pipeline_config(unique_topic, files, tmp_path / "store",
                              producer={"max_chunk_events": 100},
                              training={"checkpoint_every_s": 0.05, "chunks_per_step": 2, "group_wait_s": 0.0,
-                                       "shuffle_chunks": shuffle_chunks})
+                                       "shuffle_chunks": shuffle_chunks,
+                                       "validation_fraction": 0.2, "validation_events": 10_000})
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    messages, produced = _messages(config)
+    messages, chunks = _messages(config)
+    produced = sum(c.events for c in chunks)
+    held = [c for c in chunks if in_slice(c.id.key().decode(), 0.2)]
+    assert 0 < len(held) < len(chunks)
     resent = messages[:5]  # a producer restarted after a crash re-sends chunks it had already sent
     ensure_topic(broker.bootstrap, config.dataset.topic, config.kafka.partitions, config.kafka)
     store = ModelStore(config.store.path, config.model.name)
@@ -120,7 +127,8 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
         while time.monotonic() < deadline:
             latest = store.latest()
             counters = store.read(latest)[0].counters if latest else {}
-            if counters.get("events_trained", 0) >= produced and counters.get("duplicate_chunks", 0) >= len(resent):
+            consumed = counters.get("events_trained", 0) + counters.get("events_validation", 0)
+            if consumed >= produced and counters.get("duplicate_chunks", 0) >= len(resent):
                 break
             assert process.poll() is None, process.communicate()
             time.sleep(0.1)
@@ -130,9 +138,15 @@ def test_sigkill_at_random_points_loses_nothing_and_learns_nothing_twice(broker,
     assert process.returncode == 0, err
     final = json.loads(out)
     meta = store.read(store.latest())[0]
-    assert final["events_trained"] == meta.counters["events_trained"] == produced == 6000
-    assert meta.events_seen == produced
-    assert final["chunks"] == len(messages)
+    validation = sum(c.events for c in held)
+    assert produced == 6000
+    assert final["events_trained"] == meta.counters["events_trained"] == produced - validation  # the slice: never
+    assert final["events_validation"] == meta.counters["events_validation"] == validation
+    assert meta.events_seen == produced - validation
+    assert final["chunks"] == len(messages) - len(held) and final["validation_chunks"] == len(held)
+    reservoir = Reservoir.from_bytes(store.read_file(store.latest(), "validation.arrow"), capacity=10_000)
+    per_class = {label: sum(c.events for c in held if c.label == label) for label in (0, 1)}
+    assert reservoir.seen == reservoir.counts() == {k: v for k, v in per_class.items() if v}  # each once
     assert final["duplicate_chunks"] == len(resent)
     assert final["bad_messages"] == 0
     assert sum(meta.offsets.values()) == len(messages) + len(resent)

@@ -103,6 +103,7 @@ def test_trainer_status_as_dict_is_the_status_json():
     assert single.as_dict() == {"events_trained": 10, "chunks": 2, "duplicate_chunks": 1, "bad_messages": 0,
                                 "dead_letters": 0, "version": 3, "epoch": 1, "offsets": {0: 5},
                                 "metrics": {"auc": 0.5}, "last_error": None, "store_error": None,
-                                "checkpoint_failures": 0, "checkpoint_age_s": None}
+                                "checkpoint_failures": 0, "checkpoint_age_s": None, "events_validation": 0,
+                                "validation_chunks": 0, "versions_rejected": 0}
     workers = [{"partitions": [0], "events_trained": 10}]
     assert dataclasses.replace(single, workers=workers).as_dict()["workers"] == workers

@@ -47,7 +47,8 @@ class StandinModel:
         self.meta = VersionMeta(name=name, version=version, events_seen=1000 * version, parent=version - 1 or None,
                                 created=spec.get("created", 1.7e9 + version),
                                 metrics={"loss": 0.5 / version, "auc": float("nan") if version == 1 else 0.8},
-                                features={}, feature_state={}, model={})
+                                features={}, feature_state={}, model={}, promoted=spec.get("promoted", True),
+                                promotion_reason=spec.get("reason"))
 
     def predict(self, batch: pa.RecordBatch) -> np.ndarray:
         for name in self.spec.get("needs", []):
@@ -81,6 +82,21 @@ class StandinStore:
     def latest(self) -> int | None:
         versions = self.versions()
         return versions[-1] if versions else None
+
+    def latest_servable(self) -> int | None:
+        """The newest version whose spec does not say ``"promoted": false`` (an unreadable one is tried, as the
+        real store's watcher would find it broken on load)."""
+        newest = self.latest()
+        for version in reversed(self.versions()):
+            if version <= (newest or 0) and self._promoted(version):
+                return version
+        return None
+
+    def _promoted(self, version: int) -> bool:
+        try:
+            return json.loads((self.folder / f"{version}.json").read_text()).get("promoted", True)
+        except ValueError:
+            return True
 
     def load(self, version: int) -> StandinModel:
         self.loads.append(version)

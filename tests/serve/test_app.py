@@ -74,13 +74,17 @@ def test_model_description(server, store, standins):
     store.publish(1)
     store.publish(2)
     wait_version(server, standins, 2)
+    store.publish(3, promoted=False, reason="validation AUC 0.6 is 0.2 below served version 2's 0.8")
     assert requests.get(f"{server.url}/v1/models", timeout=5).json() == {
         "models": [{"name": "demo", "version": 2, "ready": True}]}
     answer = requests.get(f"{server.url}/v1/models/demo", timeout=5)
     assert answer.headers["X-Model-Version"] == "2"
     assert answer.json() == {
-        "name": "demo", "version": 2, "versions": [1, 2], "pinned": None, "events_trained": 2000,
-        "metrics": {"loss": 0.25, "auc": 0.8},
+        "name": "demo", "version": 2, "versions": [1, 2, 3], "pinned": None,
+        "promoted": True, "promotion_reason": None, "validation": None,
+        "not_served": [{"version": 3, "promoted": False,
+                        "why": "validation AUC 0.6 is 0.2 below served version 2's 0.8"}],
+        "events_trained": 2000, "metrics": {"loss": 0.25, "auc": 0.8},
         "inputs": [{"name": "MET_pt", "jagged": False, "type": "float64"},
                    {"name": "Muon_pt", "jagged": True, "type": "list<float64>"}],
     }

@@ -1,0 +1,143 @@
+"""The quality gate: a version is promoted (the server may swap to it) only if it is no worse than the one served.
+
+An online learner can get worse: a stream that ends with one class makes the
+newest version forget the other. So before a version is published, the trainer
+scores it on the validation slice (:mod:`~hepstream.models.validation`) and
+scores the version the server answers with (the newest promoted one) on the
+*same* events, kept in memory so a checkpoint costs two predictions, not a
+load. The comparison is paired: both see the same events, so the noise of a
+small slice mostly cancels. The rule (:func:`decide`):
+
+- ``serve.max_regression: null`` turns the gate off: every version is promoted;
+- nothing promoted yet: the version is promoted (a server with no model answers
+  503, and there is nothing better to keep);
+- the slice cannot judge yet (fewer than :data:`MIN_EVENTS_PER_CLASS` events of
+  some class, always so with ``training.validation_fraction: 0``): promoted,
+  and the reason says it was not judged;
+- otherwise promoted when its AUC is at most ``serve.max_regression`` below
+  the served version's, else rejected with both figures in the reason.
+
+A rejected version stays in the store with its reason and training goes on
+from it (the lineage is the trainer's, exactly once); only serving holds back.
+An operator forces a version through with ``hepstream models promote``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from hepstream.models.store import LoadedModel, ModelStore
+from hepstream.models.store_errors import StoreError
+from hepstream.models.validation import Reservoir, score
+from hepstream.models.version_meta import VersionMeta
+
+log = logging.getLogger(__name__)
+
+MIN_EVENTS_PER_CLASS = 50  # fewer events of a class than this, and the slice does not judge (AUC too noisy)
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    reason: str
+
+
+def decide(candidate: dict | None, served: dict | None, served_version: int | None,
+           max_regression: float | None, min_events: int = MIN_EVENTS_PER_CLASS) -> Decision:
+    """Whether a version with validation figures ``candidate`` may replace ``served_version`` (figures ``served``
+    on the same events); both figure dicts as :func:`~hepstream.models.validation.score` makes them.
+
+    >>> decide({"auc": 0.80, "per_class": {"0": 99, "1": 99}}, {"auc": 0.90}, 3, 0.01)
+    Decision(promoted=False, reason="validation AUC 0.8000 is 0.1000 below served version 3's 0.9000 on the same 198 events (serve.max_regression 0.01)")
+    >>> decide({"auc": 0.895, "per_class": {"0": 99, "1": 99}}, {"auc": 0.90}, 3, 0.01).promoted
+    True
+    >>> decide(None, None, None, 0.01).reason
+    'first version: nothing is served yet'
+    """
+    if max_regression is None:
+        return Decision(True, "gate off (serve.max_regression: null)")
+    if served_version is None:
+        return Decision(True, "first version: nothing is served yet")
+    counts = (candidate or {}).get("per_class", {})
+    if candidate is None or candidate["auc"] is None or served is None or served["auc"] is None or \
+            len(counts) < 2 or min(counts.values()) < min_events:
+        return Decision(True, f"not judged: the validation slice holds {counts or 'no events'}, fewer than "
+                              f"{min_events} events of some class")
+    drop = served["auc"] - candidate["auc"]
+    events = sum(counts.values())
+    if drop > max_regression:
+        return Decision(False, f"validation AUC {candidate['auc']:.4f} is {drop:.4f} below served version "
+                               f"{served_version}'s {served['auc']:.4f} on the same {events} events "
+                               f"(serve.max_regression {max_regression})")
+    return Decision(True, f"validation AUC {candidate['auc']:.4f} against served version {served_version}'s "
+                          f"{served['auc']:.4f} on the same {events} events")
+
+
+class Gate:
+    """Reviews each version before it is published and remembers the served one, for one model's store."""
+
+    def __init__(self, store: ModelStore, max_regression: float | None, capacity: int):
+        self.store = store
+        self.max_regression = max_regression
+        self.min_events = min(MIN_EVENTS_PER_CLASS, capacity)
+        self.served: LoadedModel | None = None
+        self.rejected = 0  # in this run, for the trainer's metrics
+        self._served_figures: tuple[tuple, dict | None] = ((), None)  # ((version, reservoir, revision), figures)
+
+    def _served_now(self) -> LoadedModel | None:
+        """The newest promoted version, loaded once and kept while it stays the newest (an operator may force
+        another through meanwhile)."""
+        version = self.store.latest_servable()
+        if version is None:
+            self.served = None
+        elif self.served is None or self.served.version != version:
+            try:
+                self.served = self.store.load(version)
+            except (StoreError, ValueError) as error:  # the server cannot load it either: compare with the last one
+                log.warning("quality gate: version %d of %s does not load (%s); comparing with version %s",
+                            version, self.store.model, error, self.served and self.served.version)
+        return self.served
+
+    def review(self, meta: VersionMeta, model_state: dict, reservoir: Reservoir) -> tuple[VersionMeta, LoadedModel]:
+        """``meta`` with this version's validation figures and the gate's decision, and the candidate as a model."""
+        candidate = LoadedModel(self.store.model, 0, meta, model_state)
+        figures = score(candidate, reservoir) if reservoir else None
+        served = self._served_now()
+        theirs = None
+        if served is not None and figures is not None:
+            theirs = self._served_score(served, reservoir)
+        decision = decide(figures, theirs, served.version if served is not None else None, self.max_regression,
+                          self.min_events)
+        validation = None
+        if figures is not None:
+            validation = {**figures, "served_version": served.version if served is not None else None,
+                          "served_auc": theirs and theirs["auc"], "served_log_loss": theirs and theirs["log_loss"]}
+        return replace(meta, validation=validation, promoted=decision.promoted,
+                       promotion_reason=decision.reason), candidate
+
+    def _served_score(self, served: LoadedModel, reservoir: Reservoir) -> dict | None:
+        """The served version's figures on the reservoir, scored again only when either has changed since."""
+        key = (served.version, id(reservoir), reservoir.revision)
+        if self._served_figures[0] != key:
+            self._served_figures = key, score(served, reservoir)
+        return self._served_figures[1]
+
+    def published(self, version: int, meta: VersionMeta, candidate: LoadedModel) -> None:
+        """``version`` was published with the reviewed ``meta``: a promoted one is the served version from now."""
+        if meta.promoted:
+            candidate.version, candidate.meta = version, self.store.read_meta(version)
+            self.served = candidate
+        else:
+            self.rejected += 1
+            log.warning("version %d of %s is not promoted: %s", version, self.store.model, meta.promotion_reason)
+
+    def publish(self, checkpoints, model_state: dict, meta: VersionMeta, state: dict, checkpoint: str,
+                reservoir: Reservoir) -> int:
+        """Review a version, publish it through ``checkpoints`` (a CheckpointHealth) with its reservoir, and
+        remember it if promoted: what both trainers do at a checkpoint."""
+        meta, candidate = self.review(meta, model_state, reservoir)
+        files = {"validation.arrow": reservoir.to_bytes()} if reservoir else None
+        version = checkpoints.publish(self.store, model_state, meta, state, checkpoint, files)
+        self.published(version, meta, candidate)
+        return version
