@@ -75,7 +75,8 @@ def test_a_restart_with_chunks_in_the_buffer_learns_each_once_and_counts_nothing
     _learn(second, [r for r in records if r.offset >= resume[r.partition]])
     second.learn_buffered()
     assert second.counters == {"events_trained": events, "chunks": chunks, "duplicate_chunks": 2,
-                               "bad_messages": 0, "dead_letters": 0}
+                               "bad_messages": 0, "dead_letters": 0,
+                               "events_validation": 0, "validation_chunks": 0}
     assert second.learner.events_seen == events and not any(second.position.pending.values())
     assert second.offsets == {0: 10, 1: 10}
 
