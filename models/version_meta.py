@@ -64,7 +64,7 @@ class VersionMeta:
     topic: str = ""
     offsets: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
-    workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions and events
+    workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions, node and events
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
