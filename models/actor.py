@@ -11,6 +11,7 @@ it only waits on its workers, which take one CPU each.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import traceback
 
@@ -132,9 +133,17 @@ class RayWorkers:
 
 
 def _first_line(error: Exception) -> str:
-    """Ray's error as one line (its type and first sentence), never its traceback."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    """Ray's error as its type and first clause ("ActorUnavailableError: The actor 4f... is unavailable"),
+    never its traceback nor its paragraph of possible causes.
+
+    >>> _first_line(RuntimeError("The actor 4f is unavailable: The actor is temporarily unavailable. More."))
+    'RuntimeError: The actor 4f is unavailable'
+    """
+    clause = _CLAUSE_END.split(str(error).strip(), maxsplit=1)[0]
+    return f"{type(error).__name__}: {clause}" if clause else type(error).__name__
+
+
+_CLAUSE_END = re.compile(r"[:.](?:\s|$)")
 
 
 def data_parallel_trainer(config: Config, bootstrap: str, partitions: list[int] | None = None) -> DataParallelTrainer:
