@@ -177,6 +177,15 @@ class RayCluster:
     def alive_nodes(self) -> int:
         return sum(1 for node in self._summary() if node["raylet"]["state"] == "ALIVE")
 
+    def listed(self, what: str, key: str, value: str) -> list[dict]:
+        """Ray's state API: the ``what`` (actors, tasks, ...) whose ``key`` is ``value``, in any state."""
+        answer = requests.get(f"{self.dashboard_url}/api/v0/{what}", timeout=10,
+                              params={"detail": "true", "limit": 1000, "filter_keys": key, "filter_predicates": "=",
+                                      "filter_values": value},
+                              headers={"Authorization": f"Bearer {self.token}"})
+        answer.raise_for_status()
+        return answer.json()["data"]["result"]["result"]
+
     def node_id(self, node: RayNode) -> str:
         """Ray's ID of ``node`` (what ``ray.get_runtime_context().get_node_id()`` answers on it)."""
         for found in self._summary():

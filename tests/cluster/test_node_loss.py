@@ -7,6 +7,7 @@ the session's head and worker are left as they were.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -18,11 +19,15 @@ import pytest
 import yaml
 
 from hepstream.models.store import ModelStore
+from hepstream.streaming.datagen import generate_file
+from hepstream.streaming.manifest import family
 from hepstream.waiting import poll_until
-from tests.helpers import labelled_pair, pipeline_config, produce, read_topic
+from tests.helpers import labelled_pair, pipeline_config, process_gone, produce, read_topic
 from tests.ray_cluster import RayCluster, RayNode, wait_for_nodes
 
 pytestmark = pytest.mark.integration
+
+EVENTS = 5000  # per file of the producer test
 
 
 def _driver(cluster: RayCluster, command: list[str], config, folder) -> subprocess.Popen:
@@ -102,3 +107,62 @@ def test_a_trainer_worker_lost_with_its_node_is_replaced_and_every_event_counts_
     assert "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if doomed in line and "partitions" in line]
 
+
+
+def _acknowledged_keys(manifest) -> set[str]:
+    """Every chunk key the manifest family records (a line cut short by a killed process left out)."""
+    keys = set()
+    for member in family(manifest):
+        for line in member.read_text().splitlines(keepends=True)[1:]:
+            if line.endswith("\n"):
+                keys.add(json.loads(line)["key"])
+    return keys
+
+
+def test_files_of_a_producer_actor_lost_with_its_node_are_retaken_without_resending_acknowledged_chunks(
+        ray_cluster, broker, unique_topic, tmp_path):
+    # Producer actors only fit where the "hs_publish" resource is: first on one added node, then on the next.
+    where = ["--resources", json.dumps({"hs_publish": 1})]
+    node = ray_cluster.add_worker(where)
+    producer, later = None, None
+    manifest = tmp_path / "run.manifest.jsonl"
+    files = [(generate_file(tmp_path / f"f{i}.root", ("background", "signal")[i % 2], EVENTS, seed=60 + i), i % 2)
+             for i in range(6)]
+    config = pipeline_config(unique_topic, files, tmp_path / "store",
+                             producer={"ray_tasks": 2, "files_in_flight": 1, "manifest": str(manifest),
+                                       "ray_resources": {"hs_publish": 0.5}})
+    try:
+        producer = _driver(ray_cluster, ["produce", "--bootstrap", broker.bootstrap], config, tmp_path)
+        # The broker frozen once a chunk is acknowledged, so that the node is lost with files in flight.
+        poll_until(lambda: _acknowledged_keys(manifest), timeout_s=90, what="no chunk acknowledged")
+        broker.pause()
+        try:
+            actors = [a for a in ray_cluster.listed("actors", "class_name", "_Publisher") if a["state"] == "ALIVE"]
+            node.kill_raylet()
+            assert all(process_gone(actor["pid"], timeout_s=30) for actor in actors)
+            acknowledged = _acknowledged_keys(manifest)
+        finally:
+            broker.resume()
+        _lose(ray_cluster, node)
+        later = ray_cluster.add_worker(where)  # resources return: the replacements start there
+        assert producer.wait(90) == 0
+    finally:
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+            producer.wait(10)
+        for added in (node, later):
+            if added in ray_cluster.workers:
+                _lose(ray_cluster, added)
+
+    output = (tmp_path / "stdout").read_text()
+    summary = json.loads(output[output.rindex("\n{\n"):])
+    assert summary["files_ok"] == 6 and summary["files_failed"] == summary["files_partial"] == 0
+    assert summary["files_retaken"] >= 1
+    records = read_topic(broker.bootstrap, config.dataset.topic)
+    sent = collections.Counter(r.key.decode() for r in records)
+    unique = {r.key.decode(): int(dict(r.headers)["events"]) for r in records}
+    assert sum(unique.values()) == 6 * EVENTS  # every event on the topic
+    assert acknowledged and not {key for key, count in sent.items() if count > 1} & acknowledged
+    assert summary["chunks"] + summary["chunks_skipped"] == len(unique)
+    stderr = (tmp_path / "stderr").read_text()
+    assert "retaken by another actor" in stderr and "Traceback" not in stderr
