@@ -22,7 +22,7 @@ from hepstream.config_types import (
 from hepstream.expressions import Expression
 from hepstream.model_kinds import MODEL_KINDS, MLPConfig, ModelConfig
 from hepstream.suggest import did_you_mean
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -173,6 +173,8 @@ class ProducerConfig(_Section):
                              "class keeping its own files open, so no partition gets a long run of one class")
     ray_tasks: NonNegativeInt = Field(default=0, le=4096, description="Ray worker processes publishing files side "
                                       "by side; 0: threads of this process")
+    ray_resources: dict[Name, PositiveFloat] = Field(default_factory=dict, description="Custom Ray resources each of "
+                                                     "those processes asks for beside its CPU, to place them")
     max_in_flight_bytes: ByteSize = Field(default=64_000_000, description="Encoded bytes sent but not yet acknowledged")
     manifest: FilePath | None = Field(default=None,
                                       description="JSON-lines record of acknowledged chunks, for resuming")

@@ -19,10 +19,23 @@ data stalls the others; checkpoints would need a barrier across a process group
 anyway. Partitions fill at different rates, and averaging once per round
 tolerates that, needs no process group, and runs unchanged on CPU and GPU.
 
+A worker lost mid-run (its node gone, its process killed) surfaces as
+:class:`WorkerLost` from the pool. Every worker then goes back to the newest
+version, the survivors included, and the partitions are split again over the
+workers left: since the last version the survivors have loaded averages that
+hold the lost worker's unsaved learning, and its partitions' offsets past that
+version died with it, so the only state in which every chunk counts once is
+the version's own (model, features, every partition's offset, counters). What
+was learned since is learned again, as after a restart. The pool asks for a
+replacement at once; Ray starts it when the cluster has room, and it joins
+right after a checkpoint, when no learning is lost by splitting again.
+
 This module imports no Ray: the coordinator drives its workers through a
-*pool* (``start(splits)``, ``call(method, *args)`` on every worker,
-``call_one(index, method, *args)``, ``close()``); :mod:`hepstream.models.actor`
-provides one made of Ray actors.
+*pool* (``start(count)``, ``len(pool)``, ``nodes``, ``call(method, *args)``
+on every worker, ``call_each(method, args_per_worker)``,
+``call_one(index, method, *args)``, ``drop(index)``, ``arrived(timeout_s)``,
+``close()``; a call raises :class:`WorkerLost` when a worker is gone);
+:mod:`hepstream.models.actor` provides one made of Ray actors.
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ from hepstream.models.store import ModelStore
 from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer import StreamTrainer
 from hepstream.models.trainer_status import TrainerStatus
-from hepstream.models.validation import stored_reservoir
+from hepstream.models.validation import Reservoir, stored_reservoir
 from hepstream.models.version_meta import VersionMeta
 
 log = logging.getLogger(__name__)
@@ -143,23 +156,44 @@ def split_partitions(partitions: Sequence[int], workers: int) -> list[list[int]]
     return [ordered[i::workers] for i in range(min(workers, len(ordered)))]
 
 
-class RoundWorker:
-    """A stream trainer on its own partitions that learns one round at a time when its coordinator says so."""
+class WorkerLost(Exception):
+    """A pool's worker is gone (its node lost, its process killed), raised by the pool's calls."""
 
-    def __init__(self, config: Config, bootstrap: str, partitions: list[int]):
-        self.trainer = StreamTrainer(config, bootstrap, partitions)
-        self.position = self.trainer.position
-        # Counted from this worker's start; the coordinator adds the resumed version's totals once.
-        self.position.reset_counters()
-        self.trainer.take_validation()  # the coordinator keeps the lineage's reservoir; a worker sends what it holds
+    def __init__(self, index: int, node: str | None, reason: str):
+        super().__init__(f"trainer worker {index + 1} on node {node}: {reason}")
+        self.index, self.node, self.reason = index, node, reason
+
+
+class WorkersLost(RuntimeError):
+    """Every worker was lost and no replacement started in time: the run cannot go on."""
+
+
+class RoundWorker:
+    """A stream trainer on the partitions its coordinator gives it, learning one round at a time when told."""
+
+    def __init__(self, config: Config, bootstrap: str):
+        self.config = config
+        self.bootstrap = bootstrap
+        self.trainer: StreamTrainer | None = None
+        self.position: Position | None = None
         self.consumer: KafkaConsumer | None = None
         self.groups: GroupPoller | None = None
 
-    def open(self, topic_wait_s: float) -> dict:
-        """Assign and seek this worker's partitions; returns its starting point, which every worker shares."""
-        trainer, training = self.trainer, self.trainer.config.training
+    def open(self, partitions: list[int], topic_wait_s: float) -> dict:
+        """Take ``partitions`` from the newest version; returns the starting point, which every worker shares.
+
+        Called again when a worker was lost: whatever this worker learned since that version is dropped, with
+        the consumer that read it (see the module's docstring).
+        """
+        self.close()
+        trainer = self.trainer = StreamTrainer(self.config, self.bootstrap, partitions)
+        training = self.config.training
+        self.position = trainer.position
+        # Counted from this opening; the coordinator adds the resumed version's totals once.
+        self.position.reset_counters()
+        trainer.take_validation()  # the coordinator keeps the lineage's reservoir; a worker sends what it holds
         # The resumed version holds every worker's offsets; this worker owns, seeks and commits only its own.
-        self.position.own(trainer.partitions)
+        self.position.own(partitions)
         self.consumer = trainer.consumer()
         self.groups = GroupPoller(self.consumer, training.chunks_per_step, training.group_wait_s)
         trainer.assign(self.consumer, threading.Event(), topic_wait_s)
@@ -216,7 +250,8 @@ class RoundWorker:
     def close(self) -> None:
         if self.consumer is not None:
             self.consumer.close()
-        if self.trainer.dead_letters is not None:
+            self.consumer = None
+        if self.trainer is not None and self.trainer.dead_letters is not None:
             self.trainer.dead_letters.close()
 
 
@@ -235,19 +270,20 @@ class DataParallelTrainer:
         self.store = ModelStore(config.store.path, config.model.name, config.store.keep)
         self.version = self.store.latest()
         self.base_counters = dict.fromkeys(COUNTERS, 0)
-        if self.version is not None:
-            self.base_counters.update(self.store.read_meta(self.version).counters)
         self.splits: list[list[int]] = []
         self.reports: list[dict] = []
         self.metrics: dict = {}
         self.features: dict = {}
         self.events_seen = 0
+        self.wanted = 0  # workers the run asked for; fewer while a lost one awaits its replacement
+        self.workers_lost = 0
+        self.last_loss: str | None = None
+        self.opened_format: str | None = None  # how the resumed model checkpoints: only "torch" can be averaged
         self._published_offsets: dict[int, int] = {}
         self._learned = False
         self.checkpoints = CheckpointHealth(config.training.checkpoint_every_s)
-        training = config.training
-        self.validation = stored_reservoir(self.store, self.version, training.validation_events, training.seed)
-        self.gate = Gate(self.store, config.serve.max_regression, training.validation_events)
+        self.validation: Reservoir | None = None  # the lineage's, taken from the version each opening starts at
+        self.gate = Gate(self.store, config.serve.max_regression, config.training.validation_events)
 
     def _counters(self, reports: Sequence[dict]) -> dict:
         counters = dict(self.base_counters)
@@ -259,6 +295,10 @@ class DataParallelTrainer:
     def _offsets(self) -> dict[int, int]:
         return {p: o for report in self.reports for p, o in report["offsets"].items()}
 
+    def _news(self) -> bool:
+        """Whether the workers learned (or passed) messages since the last published version."""
+        return self._offsets() != self._published_offsets
+
     def status(self) -> TrainerStatus:
         reports = self.reports
         return TrainerStatus(
@@ -269,7 +309,10 @@ class DataParallelTrainer:
             metrics=self.metrics,
             last_error=self.checkpoints.error or next((r["last_error"] for r in reports if r.get("last_error")), None),
             **self.checkpoints.status_fields(),
-            workers=[{"partitions": split, **r["counters"]} for split, r in zip(self.splits, reports)],
+            workers=[{"partitions": split, "node": node, **r["counters"]}
+                     for split, node, r in zip(self.splits, self.pool.nodes, reports)],
+            workers_lost=self.workers_lost,
+            last_worker_loss=self.last_loss,
             versions_rejected=self.gate.rejected,
         )
 
@@ -277,31 +320,40 @@ class DataParallelTrainer:
         """Run rounds until ``stop`` is set, publishing a version every ``checkpoint_every_s`` with news.
 
         As in the single trainer, a refused checkpoint is retried with backoff while rounds go on, and a
-        refused final one raises :class:`StoreWriteError`.
+        refused final one raises :class:`StoreWriteError`. A lost worker sends every worker back to the newest
+        version (:meth:`_lost`); with none left and no replacement within ``topic_wait_s``, :class:`WorkersLost`.
         """
         training = self.config.training
-        partitions = self.partitions or topic_partitions(self.bootstrap, self.config.kafka, self.config.dataset.topic,
-                                                         timeout_s=topic_wait_s, stop=stop)
-        self.splits = split_partitions(partitions, training.workers)
-        self.pool.start(self.splits)
+        self.partitions = self.partitions or topic_partitions(self.bootstrap, self.config.kafka,
+                                                              self.config.dataset.topic, timeout_s=topic_wait_s,
+                                                              stop=stop)
+        self.wanted = len(split_partitions(self.partitions, training.workers))
+        self.pool.start(self.wanted)
         try:
-            opened = self.pool.call("open", topic_wait_s)
-            if opened[0]["checkpoint"] != "torch":
+            self._open(topic_wait_s)
+            if self.opened_format != "torch":
                 raise ValueError(f"training.workers is {training.workers}, but model {self.config.model.name!r} "
                                  "checkpoints as JSON and has no tensors to average: set training.workers: 1")
-            self.features, self.events_seen = opened[0]["features"], opened[0]["events_seen"]
-            self.reports = [{"offsets": o["offsets"], "counters": dict.fromkeys(COUNTERS, 0)} for o in opened]
-            self._published_offsets = self._offsets()
-            log.info("%d workers on partitions %s, from version %s", len(self.splits), self.splits, self.version)
             while not stop.is_set():
-                self._round()
-                if self._news() and self.checkpoints.due():
-                    with suppress(StoreWriteError):  # reported by checkpoint(), tried again after a backoff
-                        self.checkpoint()
-            if training.shuffle_chunks:  # what waits in the shuffle buffers is learned before the last version
-                self._round(drain=True)
-            if self._news():
-                self.checkpoint()
+                try:
+                    self._round()
+                    if self._news() and self.checkpoints.due():
+                        with suppress(StoreWriteError):  # reported by checkpoint(), tried again after a backoff
+                            self.checkpoint()
+                    if not self._news() and len(self.pool) < self.wanted and self.pool.arrived(0):
+                        log.warning("a replacement trainer worker joined: %d workers resume from version %s",
+                                    len(self.pool), self.version)
+                        self._open(topic_wait_s)
+                except WorkerLost as lost:
+                    self._lost(lost, topic_wait_s)
+                    self._open(topic_wait_s)
+            try:
+                if training.shuffle_chunks:  # what waits in the shuffle buffers is learned before the last version
+                    self._round(drain=True)
+                if self._news():
+                    self.checkpoint()
+            except WorkerLost as lost:
+                log.warning("%s; no final checkpoint: version %s holds the run", lost, self.version)
         finally:
             self.pool.close()
 
@@ -309,6 +361,43 @@ class DataParallelTrainer:
         """Whether the workers read or learned anything since the last version (a shuffle buffer learns
         without reading)."""
         return self._offsets() != self._published_offsets or self._learned
+
+    def _open(self, topic_wait_s: float) -> None:
+        """Split the partitions over the pool's workers, each taking its share from the newest version, and take
+        the lineage's validation reservoir from it too (the chunks held since are read and held again)."""
+        training = self.config.training
+        while True:
+            self.version = self.store.latest()
+            self.base_counters = dict.fromkeys(COUNTERS, 0)
+            if self.version is not None:
+                self.base_counters.update(self.store.read_meta(self.version).counters)
+            self.splits = split_partitions(self.partitions, len(self.pool))
+            try:
+                opened = self.pool.call_each("open", [(split, topic_wait_s) for split in self.splits])
+                break
+            except WorkerLost as lost:
+                self._lost(lost, topic_wait_s)
+        self.opened_format = opened[0]["checkpoint"]
+        self.features, self.events_seen = opened[0]["features"], opened[0]["events_seen"]
+        self.reports = [{"offsets": o["offsets"], "counters": dict.fromkeys(COUNTERS, 0)} for o in opened]
+        self._published_offsets = self._offsets()
+        self._learned = False
+        self.validation = stored_reservoir(self.store, self.version, training.validation_events, training.seed)
+        log.info("%d workers on partitions %s, from version %s", len(self.splits), self.splits, self.version)
+
+    def _lost(self, lost: WorkerLost, wait_s: float) -> None:
+        """Drop the lost worker, say so in one line (the status keeps it), and wait for a replacement if none is
+        left; the caller then sends every worker back to the newest version."""
+        split = self.splits[lost.index] if lost.index < len(self.splits) else []
+        self.pool.drop(lost.index)
+        self.workers_lost += 1
+        if not len(self.pool) and not self.pool.arrived(wait_s):
+            raise WorkersLost(f"{lost}; no trainer worker is left and no replacement started within {wait_s} s "
+                              f"(training.topic_wait_s): version {self.store.latest()} holds the run")
+        self.last_loss = (f"{lost}; lost with partitions {split}: the {len(self.pool)} worker(s) left take every "
+                          f"partition from version {self.store.latest()} (what was learned since is learned again), "
+                          "and a replacement joins when the cluster has room")
+        log.warning("%s", self.last_loss)
 
     def _round(self, drain: bool = False) -> None:
         self.reports = self.pool.call("learn_round", self.config.training.round_groups, drain)
@@ -339,8 +428,8 @@ class DataParallelTrainer:
                         "drift": merged_drift([s["drift"] for s in shares])}
         meta = replace(meta, parent=self.version, metrics=self.metrics, offsets=offsets, counters=counters,
                        version_metrics=PrequentialMetrics.merged([s["since_checkpoint"] for s in shares]).summary(),
-                       workers=[{"partitions": split, "events_this_run": s["counters"]["events_trained"]}
-                                for split, s in zip(self.splits, shares)])
+                       workers=[{"partitions": split, "node": node, "events_this_run": s["counters"]["events_trained"]}
+                                for split, node, s in zip(self.splits, self.pool.nodes, shares)])
         state.update(merged)
         self.version = self.gate.publish(self.checkpoints, model_state, meta, state, checkpoint, self.validation)
         self._published_offsets = {int(p): o for p, o in offsets.items()}

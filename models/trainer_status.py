@@ -28,14 +28,17 @@ class TrainerStatus:
     store_error: str | None = None  # while the model store refuses checkpoints: why (store, folder, cause)
     checkpoint_failures: int = 0  # checkpoints the store refused in this run
     checkpoint_age_s: float | None = None  # seconds since the last checkpoint succeeded (or the run started)
-    workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions and counters
+    workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions, node and counters
+    workers_lost: int = 0  # data-parallel runs: workers lost in this run (their node or process gone)
+    last_worker_loss: str | None = None  # data-parallel runs: which worker, which node, what happened next
     events_validation: int = 0  # events of the validation slice: consumed, never learned (models/validation.py)
     validation_chunks: int = 0
     versions_rejected: int = 0  # versions the quality gate kept from the server in this run (models/gate.py)
 
     def as_dict(self) -> dict[str, Any]:
-        """The status as JSON-ready values; ``workers`` only for a data-parallel run."""
+        """The status as JSON-ready values; ``workers`` and the losses only for a data-parallel run."""
         status = dataclasses.asdict(self)
         if self.workers is None:
-            del status["workers"]
+            for name in ("workers", "workers_lost", "last_worker_loss"):
+                del status[name]
         return status

@@ -64,7 +64,7 @@ class VersionMeta:
     topic: str = ""
     offsets: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
-    workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions and events
+    workers: list[dict[str, Any]] | None = None  # data-parallel runs: each worker's partitions, node and events
     # The quality gate (models/gate.py): this version's figures on the validation slice, the served version's on
     # the same events, and whether the server may swap to it. Versions written before the gate read as promoted.
     validation: dict[str, Any] | None = None

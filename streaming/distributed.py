@@ -21,12 +21,21 @@ manifest, ``<producer.manifest>.task-<k>``, and skips what any manifest of the
 family holds, so a restart with another task count, or in one process,
 re-sends nothing that was acknowledged.
 
-A file whose actor dies (a node lost, a worker killed) is reported failed
-with Ray's reason; the files still waiting go to the actors left.
+A file (or share) whose actor is lost (its node gone, its process killed) is retaken:
+it goes back to the head of the queue for the actors left, and a replacement
+actor (with a manifest of its own) is asked of Ray. The actor that retakes it
+first reads the family's manifests again, so the chunks the lost actor had
+acknowledged are skipped, not sent twice; only those in flight when it was
+lost are sent again, under their keys, which trainers skip as duplicates
+(with no ``producer.manifest``, or one on a disk the nodes do not share, the
+whole file is sent again). A file whose actors are lost twice is reported
+failed: a file that crashes its reader would otherwise take every actor down
+in turn.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -48,6 +57,9 @@ except ImportError:  # pragma: no cover - ray is a dependency; the message is fo
 
 log = logging.getLogger(__name__)
 
+# A file is retaken once after its actor is lost; lost again, it is reported failed (see above).
+RETAKES = 1
+
 
 @ray.remote(num_cpus=1)
 class _Publisher:
@@ -61,8 +73,10 @@ class _Publisher:
     def ready(self) -> None:
         """Answers once the constructor has run, so the driver hands files only to actors that started."""
 
-    def publish(self, unit: list[tuple[int, Source]]) -> list[FileReport]:
+    def publish(self, unit: list[tuple[int, Source]], retaken: bool = False) -> list[FileReport]:
         """One file alone, or a share of the run's files interleaved: one report per file, in order."""
+        if retaken:  # what the lost actor acknowledged is in its manifest now
+            self._manifest.refresh()
         if len(unit) == 1:
             return [self._producer.publish_file(*unit[0], self._manifest)]
         return self._producer.publish_files(unit, self._manifest)
@@ -139,17 +153,29 @@ def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: Pro
     units = work_units(config, sources)
     per_actor = config.producer.files_in_flight if all(len(unit) == 1 for unit in units) else 1
     starting = {}  # ready() ObjectRef -> actor
-    for task in range(min(config.producer.ray_tasks, len(sources))):
-        options = {"max_concurrency": per_actor, "scheduling_strategy": "SPREAD"}
-        actor = _Publisher.options(**options).remote(config, bootstrap, task)
+    tasks = itertools.count()  # each actor's manifest number, replacements' too
+
+    def start_actor() -> None:
+        options = {"max_concurrency": per_actor, "scheduling_strategy": "SPREAD",
+                   "resources": dict(config.producer.ray_resources)}
+        actor = _Publisher.options(**options).remote(config, bootstrap, next(tasks))
         starting[actor.ready.remote()] = actor
-    started, waiting, running = [], deque(units), {}  # running: ObjectRef -> (actor, indices)
+
+    for _ in range(min(config.producer.ray_tasks, len(sources))):
+        start_actor()
+    started, waiting, running = [], deque(enumerate(units)), {}  # running: ObjectRef -> (actor, unit number)
+    retaken = dict.fromkeys(range(len(units)), 0)
+    restarts = config.producer.ray_tasks  # actors asked for again when none could start and work waits
     last_death = "no Ray actor started"
 
-    def hand_out(actor) -> None:
-        if waiting:
-            unit = waiting.popleft()
-            running[actor.publish.remote(unit)] = (actor, [index for index, _ in unit])
+    def fill() -> None:
+        """Hand waiting work to every started actor with room (a retaken unit may find a survivor idle)."""
+        for actor in started:
+            busy = sum(1 for holder, _ in running.values() if holder is actor)
+            for _ in range(per_actor - busy):
+                if waiting:
+                    number, unit = waiting.popleft()
+                    running[actor.publish.remote(unit, retaken[number] > 0)] = (actor, number)
 
     while running or (waiting and starting):
         (done,), _ = ray.wait([*running, *starting], num_returns=1)
@@ -160,28 +186,41 @@ def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: Pro
             except RayError as error:
                 last_death = f"a Ray actor could not start: {_reason(error)}"
                 log.error("%s", last_death)
+                if waiting and not started and not starting and restarts:
+                    restarts -= 1  # a replacement placed on the node being lost is cancelled: ask once more
+                    start_actor()
                 continue
             started.append(actor)
-            for _ in range(per_actor):
-                hand_out(actor)
+            fill()
             continue
-        actor, indices = running.pop(done)
+        actor, number = running.pop(done)
+        indices = [index for index, _ in units[number]]
         try:
             for index, published in zip(indices, ray.get(done)):
                 report.files[index] = published
-            hand_out(actor)
-        except RayActorError as error:  # the actor is gone: its other files fail too, as they come back
-            last_death = f"the Ray actor publishing it died: {_reason(error)}"
+                published.retaken = retaken[number]
+        except RayActorError as error:  # the actor is gone: its work is retaken as it comes back
+            last_death = f"the Ray actor publishing it was lost: {_reason(error)}"
+            if actor in started:
+                started.remove(actor)
+                ray.kill(actor)  # if it was only cut off, it must not go on publishing beside its successor
+                start_actor()
+            if retaken[number] < RETAKES:
+                retaken[number] += 1
+                waiting.appendleft((number, units[number]))
+                log.warning("%s: %s; retaken by another actor, which skips the chunks acknowledged before",
+                            ", ".join(source.url for _, source in units[number]), last_death)
+                fill()
+                continue
             for index in indices:
-                report.files[index].error = last_death
-            started = [a for a in started if a is not actor]
+                report.files[index].error = f"{last_death} (for the second time)"
         except RayError as error:
             for index in indices:
                 report.files[index].error = f"publishing failed in a Ray actor: {_reason(error)}"
-            hand_out(actor)
+        fill()
         for index in indices:
             _file_finished(report.files[index], progress)
-    for unit in waiting:
+    for _, unit in waiting:
         for index, _ in unit:
             report.files[index].error = f"not published: {last_death}"
             _file_finished(report.files[index], progress)

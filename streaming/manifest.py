@@ -67,22 +67,30 @@ class Manifest:
 
     def __init__(self, path: Path | None, topic: str, fingerprint: str, family_of: Path | None = None):
         self.path = None if path is None else Path(path)
+        self._family_of = family_of
         self._lock = threading.Lock()
         self._ranges: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
         self._keys: set[bytes] = set()
         self._file = None
-        header = {"manifest": VERSION, "topic": topic, "fingerprint": fingerprint}
+        header = self._header = {"manifest": VERSION, "topic": topic, "fingerprint": fingerprint}
         if self.path is None:
             return
-        for other in family(family_of or self.path):
-            if other != self.path and other.stat().st_size:
-                self._load(other, header, owned=False)
+        self.refresh()
         if self.path.exists() and self.path.stat().st_size:
             self._load(self.path, header, owned=True)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(header) + "\n")
         self._file = self.path.open("a")
+
+    def refresh(self) -> None:
+        """Read again what the family's other manifests hold: before retaking a file from a Ray actor that was
+        lost, whose chunks acknowledged up to its end are in its own manifest (on storage every node shares)."""
+        if self.path is None:
+            return
+        for other in family(self._family_of or self.path):
+            if other != self.path and other.stat().st_size:
+                self._load(other, self._header, owned=False)
 
     def _load(self, path: Path, header: dict, owned: bool) -> None:
         """Remember every chunk ``path`` records; a last line cut short by a killed process is dropped (cut, if ours)."""
@@ -108,8 +116,11 @@ class Manifest:
             self._remember(ChunkId.from_key(record["key"].encode()))
 
     def _remember(self, chunk: ChunkId) -> None:
-        self._keys.add(chunk.key())
-        self._ranges[(chunk.file_uuid, chunk.tree)].append((chunk.entry_start, chunk.entry_stop))
+        with self._lock:
+            if chunk.key() in self._keys:  # read again by refresh()
+                return
+            self._keys.add(chunk.key())
+            self._ranges[(chunk.file_uuid, chunk.tree)].append((chunk.entry_start, chunk.entry_stop))
 
     @property
     def acknowledged(self) -> int:
@@ -132,8 +143,8 @@ class Manifest:
     def record(self, chunk: ChunkId, partition: int, offset: int, events: int) -> None:
         """Note an acknowledged chunk; flushed at once, so a killed process loses none it was told of."""
         line = json.dumps({"key": chunk.key().decode(), "partition": partition, "offset": offset, "events": events})
+        self._remember(chunk)
         with self._lock:
-            self._remember(chunk)
             if self._file is not None:
                 self._file.write(line + "\n")
                 self._file.flush()

@@ -85,6 +85,7 @@ class FileReport:
     error: str | None = None
     entries_published: int = 0  # entries whose chunks are on the topic, from this run or an earlier one
     file_entries: int | None = None  # entries in the file's tree, once it could be opened
+    retaken: int = 0  # times a Ray actor publishing it was lost and another took the file over
 
     @property
     def partial(self) -> bool:
@@ -122,6 +123,7 @@ class ProduceReport:
             "bytes": self.bytes,
             "chunks": sum(f.chunks for f in self.files),
             "chunks_skipped": sum(f.skipped_chunks for f in self.files),
+            "files_retaken": sum(1 for f in self.files if f.retaken),
             "retries": sum(f.retries for f in self.files),
             "elapsed_s": round(self.elapsed_s, 3),
             "events_per_s": round(self.events / self.elapsed_s) if self.elapsed_s else 0,

@@ -45,10 +45,11 @@ def worker_port_range(count: int, taken: set[int]) -> int:
 class RayNode:
     """One ``ray start --block`` process and the Ray processes under it."""
 
-    def __init__(self, process: subprocess.Popen, temp_dir: Path, log: Path):
+    def __init__(self, process: subprocess.Popen, temp_dir: Path, log: Path, node_manager_port: int):
         self.process = process
         self.temp_dir = temp_dir
         self.log = log
+        self.node_manager_port = node_manager_port  # how the head's node list names this node
 
     def raylet_pid(self) -> int:
         for pid in descendants(self.process.pid):
@@ -146,7 +147,7 @@ class RayCluster:
         with log.open("w") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
-        return RayNode(process, temp_dir, log)
+        return RayNode(process, temp_dir, log, ports[0])
 
     def start_head(self) -> RayCluster:
         self.head = self._start("head", ["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
@@ -155,8 +156,9 @@ class RayCluster:
         self._wait(self._jobs_answer, f"the Ray head's job server on {self.dashboard_url} answering", self.head)
         return self
 
-    def add_worker(self) -> RayNode:
-        node = self._start(f"worker-{len(self.workers) + 1}", ["--address", self.address])
+    def add_worker(self, options: list[str] = ()) -> RayNode:
+        """One more node joining the head; ``options`` go to its ``ray start`` (say ``--resources``)."""
+        node = self._start(f"worker-{len(self.workers) + 1}", ["--address", self.address, *options])
         self.workers.append(node)
         self._wait(lambda: self.alive_nodes() == 1 + len(self.workers), f"{node.temp_dir.name} joining", node)
         return node
@@ -181,13 +183,29 @@ class RayCluster:
             return False
         return answer.status_code == 200
 
-    def alive_nodes(self) -> int:
+    def _summary(self) -> list[dict]:
         answer = requests.get(f"{self.dashboard_url}/nodes?view=summary", timeout=5,
                               headers={"Authorization": f"Bearer {self.token}"})
-        if answer.status_code != 200:
-            return 0
-        summary = answer.json()["data"]["summary"]
-        return sum(1 for node in summary if node["raylet"]["state"] == "ALIVE")
+        return answer.json()["data"]["summary"] if answer.status_code == 200 else []
+
+    def alive_nodes(self) -> int:
+        return sum(1 for node in self._summary() if node["raylet"]["state"] == "ALIVE")
+
+    def listed(self, what: str, key: str, value: str) -> list[dict]:
+        """Ray's state API: the ``what`` (actors, tasks, ...) whose ``key`` is ``value``, in any state."""
+        answer = requests.get(f"{self.dashboard_url}/api/v0/{what}", timeout=10,
+                              params={"detail": "true", "limit": 1000, "filter_keys": key, "filter_predicates": "=",
+                                      "filter_values": value},
+                              headers={"Authorization": f"Bearer {self.token}"})
+        answer.raise_for_status()
+        return answer.json()["data"]["result"]["result"]
+
+    def node_id(self, node: RayNode) -> str:
+        """Ray's ID of ``node`` (what ``ray.get_runtime_context().get_node_id()`` answers on it)."""
+        for found in self._summary():
+            if found["raylet"]["nodeManagerPort"] == node.node_manager_port:
+                return found["raylet"]["nodeId"]
+        raise LookupError(f"no Ray node with node manager port {node.node_manager_port}")
 
     def stop(self) -> None:
         for node in [*self.workers, *([self.head] if self.head else [])]:

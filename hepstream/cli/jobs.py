@@ -213,7 +213,9 @@ def _failed(command: str, problem, status: int) -> int:
 
 
 def run_train(args) -> int:
-    """Exit 0 after a clean stop, 4 when the model store refused the final checkpoint (the message says why)."""
+    """Exit 0 after a clean stop, 4 when the model store refused the final checkpoint (the message says why),
+    5 when every data-parallel worker was lost and none came back."""
+    from hepstream.models.data_parallel import WorkersLost
     from hepstream.models.store_errors import StoreWriteError
     from hepstream.models.trainer import StreamTrainer
 
@@ -238,6 +240,8 @@ def run_train(args) -> int:
         trainer.run(stop)
     except StoreWriteError as error:
         refused = error  # what it learned since its last checkpoint is learned again from Kafka on restart
+    except WorkersLost as lost:
+        return _failed("train", lost, 5)
     finally:
         if config.training.workers > 1:
             import ray
