@@ -25,8 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -38,54 +36,15 @@ from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
 from hepstream.models.labels import chunk_labels
 from hepstream.models.learner import Group, Learner, Preparation
 from hepstream.models.position import Position
+from hepstream.models.prepare_pool import preparation
 from hepstream.models.read_ahead import EpochEnd, ReadAhead
 from hepstream.models.store import ModelStore
 from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer_status import TrainerStatus
+from hepstream.models.verdicts import Duplicate, Ok, Refused, Step, Verdict  # noqa: F401 (callers import them from here)
 from hepstream.models.version_meta import VersionMeta
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Ok:
-    """A chunk kept for learning, under its key."""
-
-    record: Any  # kafka-python ConsumerRecord
-    key: str
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """A chunk whose key was learned already in this epoch: a producer sent it again."""
-
-    record: Any
-    key: str
-
-
-@dataclass(frozen=True)
-class Refused:
-    """A message that cannot be used, and why: it goes to the dead-letter topic."""
-
-    record: Any
-    error: Exception
-
-
-Verdict = Ok | Duplicate | Refused
-
-
-@dataclass(frozen=True)
-class Step:
-    """A group of messages made ready: a verdict per message, in order, and the prepared features of the
-    chunks kept (None when none was kept)."""
-
-    verdicts: list[Verdict]
-    group: Group | None
-
-    @property
-    def keys(self) -> list[str]:
-        """The keys of the chunks kept, in the order of the group's features."""
-        return [v.key for v in self.verdicts if isinstance(v, Ok)]
 
 
 def use_compute_threads(threads: int) -> None:
@@ -327,9 +286,9 @@ class StreamTrainer:
                 known.update(step.keys)
                 return step
 
-            reader = ReadAhead(consumer, assigned, prepare, chunks_per_step=training.chunks_per_step,
-                               group_wait_s=training.group_wait_s, epoch_start=self.position.epoch_start,
-                               epochs_left=training.epochs - 1 - self.epoch, on_rewind=known.clear)
+            reader = ReadAhead(consumer, assigned, preparation(self.config, known, ahead, prepare),
+                               chunks_per_step=training.chunks_per_step, group_wait_s=training.group_wait_s,
+                               epoch_start=self.position.epoch_start, epochs_left=training.epochs - 1 - self.epoch)
             reader.start()
             try:
                 while not stop.is_set():

@@ -1,0 +1,383 @@
+"""Groups of messages prepared in worker processes, handed to the training loop in shared memory, in order.
+
+Decoding Arrow, checking the batch and extracting features hold the GIL for much of their time, so more
+threads do not make them faster (docs/training.md): ``training.prepare_workers`` processes do them
+instead (:mod:`~hepstream.models.prepare_worker`). The read-ahead thread submits each polled group with
+its records' bytes and gets a :class:`Pending` at once; the trainer takes the groups in submission order,
+so what a step learns and which offsets a checkpoint records are what the trainer's own thread gives.
+
+What stays sequential is decided here, in message order, by one thread: which chunk is a duplicate (the
+keys learned), the normaliser's statistics (each worker sends a batch's own moments, merged here in
+message order: the same numbers as the trainer's own thread, which merges the same moments) and the
+shuffle generator. The worker then lays the rows out with those statistics into a shared memory block
+lent by this process; no array is pickled. A worker that dies is replaced and its unfinished groups are
+sent again from their bytes: nothing is lost, and nothing counts twice, since nothing is decided twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+from hepstream.config import Config
+from hepstream.models.learner import Group, Preparation
+from hepstream.models.preparation import Rows
+from hepstream.models.prepare_protocol import block_bytes, block_rows, receive, records_message, send
+from hepstream.models.verdicts import Duplicate, Ok, Refused, Step
+
+log = logging.getLogger(__name__)
+
+_DEATHS = 3  # a group whose worker died this often is not sent again: the trainer stops with an error
+_SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def prepare_workers(setting: int | None) -> int:
+    """``training.prepare_workers`` resolved: as set, or the cores this process may use minus one (at least 1),
+    the one left to the training step."""
+    if setting is not None:
+        return setting
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+class PreparedError(Exception):
+    """An error a worker raised preparing a message; its class carries the original's name, so the
+    dead-letter reason reads as it does when the trainer's own thread prepares."""
+
+
+_ERROR_CLASSES: dict[str, type[PreparedError]] = {}
+
+
+def prepared_error(kind: str, message: str) -> PreparedError:
+    if kind not in _ERROR_CLASSES:
+        _ERROR_CLASSES[kind] = type(kind, (PreparedError,), {"__module__": __name__})
+    return _ERROR_CLASSES[kind](message)
+
+
+class Pending:
+    """A group submitted to the pool; :meth:`result` gives its :class:`Step` once its rows are laid out."""
+
+    def __init__(self):
+        self._ready = threading.Event()
+        self._step: Step | None = None
+        self._failure: str | None = None
+
+    def result(self, timeout_s: float | None) -> Step | None:
+        """The step, or None if not ready within ``timeout_s``; raises when the pool could not prepare it."""
+        if not self._ready.wait(timeout_s):
+            return None
+        if self._failure is not None:
+            raise RuntimeError(self._failure)
+        return self._step
+
+    def resolve(self, step: Step | None, failure: str | None = None) -> None:
+        self._step, self._failure = step, failure
+        self._ready.set()
+
+
+class InThread:
+    """``training.prepare_workers: 0``: each group prepared by ``prepare`` in the read-ahead thread itself."""
+
+    depth = 2
+
+    def __init__(self, prepare: Callable[[list], Step], known: set[str]):
+        self.submit = prepare
+        self._known = known
+
+    def rewind(self) -> None:
+        self._known.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class _Blocks:
+    """Shared memory blocks this process creates, lends to one group at a time, and unlinks at the end.
+
+    A block comes back when the last array on it is gone (the trainer dropped the group), so a group
+    kept longer (a shuffle buffer) keeps its rows; a new block is made when none free is large enough.
+    """
+
+    def __init__(self):
+        self._all: list[SharedMemory] = []
+        self._free: deque[SharedMemory] = deque()  # appended to by finalizers, in whichever thread drops a group
+        self._released = False
+
+    def lend(self, rows: int, width: int, weights: bool) -> tuple[str, Rows]:
+        size = block_bytes(rows, width, weights)
+        block = None
+        for _ in range(len(self._free)):
+            candidate = self._free.popleft()
+            if candidate.size >= size:
+                block = candidate
+                break
+            self._free.append(candidate)
+        if block is None:
+            block = SharedMemory(create=True, size=max(size, 1))
+            self._all.append(block)
+        base = np.frombuffer(block.buf, np.uint8)
+        weakref.finalize(base, self._returned, block)
+        return block.name, block_rows(base, rows, width, weights)
+
+    def _returned(self, block: SharedMemory) -> None:
+        if not self._released:  # once released, the block is unmapped when its object goes
+            self._free.append(block)
+
+    @property
+    def names(self) -> list[str]:
+        return [block.name for block in self._all]
+
+    def release(self) -> None:
+        """Unlink every block; a block whose rows the trainer still holds stays mapped until they are gone."""
+        self._released = True
+        for block in self._all:
+            block.unlink()
+            try:
+                block.close()
+            except BufferError:
+                pass  # arrays on it are alive: the mapping goes with them
+
+
+class _Process:
+    """One worker process, and a thread writing its requests so that the collector never waits on a pipe."""
+
+    def __init__(self, arguments: list[str]):
+        requests_read, self._requests_write = os.pipe()
+        self._answers_read, answers_write = os.pipe()
+        environment = {**os.environ, **_SINGLE_THREADED,
+                       "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # what this process imports
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hepstream.models.prepare_worker", str(requests_read), str(answers_write),
+             *arguments], pass_fds=(requests_read, answers_write), env=environment)
+        os.close(requests_read)
+        os.close(answers_write)
+        self.answers = Connection(self._answers_read, writable=False)
+        self._requests = Connection(self._requests_write, readable=False)
+        self._outbox: queue.Queue = queue.Queue()
+        self._writer = threading.Thread(target=self._write, name=f"hepstream-prepare-{self.process.pid}", daemon=True)
+        self._writer.start()
+
+    def post(self, header: dict, parts: list[bytes]) -> None:
+        self._outbox.put((header, parts))
+
+    def _write(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
+                send(self._requests, *message)
+            except OSError:  # the worker died: the collector sees its answers end and replaces it
+                return
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """End the worker: its pipe closes, it returns; killed if it does not within ``timeout_s``."""
+        self._outbox.put(None)
+        self._writer.join(timeout_s)
+        self._requests.close()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.answers.close()
+
+
+@dataclass(eq=False)
+class _Task:
+    """A group in the pool: its records, its requests (kept to send again), and what came back."""
+
+    id: int
+    records: list
+    extract: tuple[dict, list[bytes]]
+    pending: Pending = field(default_factory=Pending)
+    worker: _Process | None = None
+    answer: dict | None = None
+    moments: list[bytes] | None = None
+    layout: tuple[dict, list[bytes]] | None = None
+    step: Step | None = None
+    deaths: int = 0
+
+
+_REWIND = object()  # in the decision order: the epoch ended, forget the keys learned
+
+
+class PreparePool:
+    """``workers`` preparation processes behind :meth:`submit`, deciding in message order (see the module)."""
+
+    def __init__(self, config: Config, workers: int, known: set[str], ahead: Preparation):
+        self._arguments = [config.features.model_dump_json(), str(config.model.classes),
+                           config.dataset.label_branch or ""]
+        self.depth = workers + 1  # groups queued for the trainer, besides the one it learns
+        self._known = known
+        self._ahead = ahead
+        self._blocks = _Blocks()
+        self._lock = threading.Lock()
+        self._tasks: dict[int, _Task] = {}
+        self._order: deque = deque()  # tasks (and rewinds) waiting for their decision, in message order
+        self._next_id = 0
+        self._closed = threading.Event()
+        self._processes = [_Process(self._arguments) for _ in range(workers)]
+        self._collector = threading.Thread(target=self._collect, name="hepstream-prepare-collector", daemon=True)
+        self._collector.start()
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (a test kills one)."""
+        with self._lock:
+            return [p.process.pid for p in self._processes]
+
+    @property
+    def block_names(self) -> list[str]:
+        return self._blocks.names
+
+    def submit(self, records: list) -> Pending:
+        """Send a group's records to the least busy worker; the :class:`Pending` resolves to its step."""
+        described, parts = records_message(records)
+        with self._lock:
+            task = _Task(self._next_id, list(records), ({"op": "extract", "task": self._next_id,
+                                                         "records": described}, parts))
+            self._next_id += 1
+            self._tasks[task.id] = task
+            self._order.append(task)
+            self._assign(task, min(self._processes, key=self._load))
+        return task.pending
+
+    def rewind(self) -> None:
+        """The epoch ended after the groups submitted so far: their keys are forgotten once they are decided."""
+        with self._lock:
+            self._order.append(_REWIND)
+            self._decide()
+
+    def close(self) -> None:
+        """End the workers, fail what is still pending, and unlink every shared memory block."""
+        self._closed.set()
+        self._collector.join()
+        with self._lock:
+            for process in self._processes:
+                process.close()
+            for task in self._tasks.values():
+                task.pending.resolve(None, "the preparation pool was closed")
+            self._tasks.clear()
+        self._blocks.release()
+
+    def _load(self, process: _Process) -> int:
+        return sum(task.worker is process for task in self._tasks.values())
+
+    def _assign(self, task: _Task, process: _Process) -> None:
+        task.worker = process
+        process.post(*task.extract)
+        if task.layout is not None:
+            process.post(*task.layout)
+
+    def _collect(self) -> None:
+        while not self._closed.is_set():
+            with self._lock:
+                answers = {p.answers: p for p in self._processes}
+            for conn in wait(list(answers), timeout=0.1):
+                try:
+                    header, parts = receive(conn)
+                except (EOFError, OSError):
+                    self._replace(answers[conn])
+                    continue
+                with self._lock:
+                    self._answered(header, parts)
+
+    def _answered(self, header: dict, parts: list[bytes]) -> None:
+        task = self._tasks.get(header["task"])
+        if task is None:
+            return
+        if header["op"] == "extracted":
+            if task.answer is None:  # a replacement's second answer is the same: the first one stands
+                task.answer, task.moments = header, parts
+                self._decide()
+        else:
+            del self._tasks[task.id]
+            task.pending.resolve(task.step)
+
+    def _replace(self, dead: _Process) -> None:
+        """A worker died: start another and send it the dead one's unfinished groups again, from their bytes."""
+        code = dead.process.wait()
+        log.warning("preparation worker %d ended (exit status %s); starting another", dead.process.pid, code)
+        dead.close()
+        with self._lock:
+            if self._closed.is_set():
+                return
+            process = _Process(self._arguments)
+            self._processes[self._processes.index(dead)] = process
+            for task in [t for t in self._tasks.values() if t.worker is dead]:
+                task.deaths += 1
+                if task.deaths >= _DEATHS:
+                    del self._tasks[task.id]
+                    task.pending.resolve(None, f"preparing messages {_where(task.records)} killed "
+                                         f"{task.deaths} worker processes")
+                else:
+                    self._assign(task, process)
+
+    def _decide(self) -> None:
+        """Decide every group whose answer is in, in message order (under the lock)."""
+        while self._order:
+            head = self._order[0]
+            if head is _REWIND:
+                self._known.clear()
+            elif head.answer is None:
+                return
+            elif head.id in self._tasks:
+                self._decide_group(head)
+            self._order.popleft()
+
+    def _decide_group(self, task: _Task) -> None:
+        verdicts, kept, keys, moments = [], [], set(), iter(task.moments)
+        for index, (record, answer) in enumerate(zip(task.records, task.answer["messages"])):
+            statistics = next(moments) if "events" in answer else None
+            key = answer["key"]
+            if key is None:
+                verdicts.append(Refused(record, prepared_error(**answer["error"])))
+            elif key in self._known or key in keys:
+                verdicts.append(Duplicate(record, key))
+            elif "error" in answer:
+                verdicts.append(Refused(record, prepared_error(**answer["error"])))
+            else:
+                keys.add(key)
+                verdicts.append(Ok(record, key))
+                kept.append((index, answer, statistics))
+        self._known.update(keys)
+        if not kept:
+            del self._tasks[task.id]
+            task.pending.resolve(Step(verdicts, None))
+            return
+        features, rng = self._ahead
+        for _, answer, statistics in kept:
+            features.note_jagged(frozenset(answer["jagged"]))
+            if statistics:
+                features.moments.merge(*np.frombuffer(statistics, np.float64).reshape(3, -1))
+        order = rng.permutation(sum(answer["events"] for _, answer, _ in kept))
+        state = {"features": features.state_dict(), "rng": rng.bit_generator.state}
+        weights = any(answer["weights"] for _, answer, _ in kept)
+        name, rows = self._blocks.lend(len(order), features.n_features, weights)
+        moments = features.moments
+        normalised = np.concatenate([moments.count, moments.mean, moments.m2]).tobytes() if features.spec.normalize else b""
+        task.layout = ({"op": "layout", "task": task.id, "keep": [index for index, _, _ in kept], "block": name,
+                        "weights": weights}, [normalised, order.tobytes()])
+        task.step = Step(verdicts, Group(rows.x, rows.labels, rows.weights, state))
+        task.worker.post(*task.layout)
+
+
+def _where(records: list) -> str:
+    return ", ".join(f"{r.topic}[{r.partition}]@{r.offset}" for r in records)
+
+
+def preparation(config: Config, known: set[str], ahead: Preparation,
+                prepare: Callable[[list], Step]) -> InThread | PreparePool:
+    """How :meth:`StreamTrainer.run` prepares its groups: ``prepare`` in the read-ahead thread when
+    ``training.prepare_workers`` is 0, else a pool of that many processes."""
+    workers = prepare_workers(config.training.prepare_workers)
+    return InThread(prepare, known) if workers == 0 else PreparePool(config, workers, known, ahead)

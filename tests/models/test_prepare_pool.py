@@ -1,0 +1,150 @@
+"""The preparation pool: worker processes give the trainer exactly what its own thread gives, in order."""
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from kafka.consumer.fetcher import ConsumerRecord
+
+from hepstream import wire
+from hepstream.benchmarks.core import core_trainer, kafka_records
+from hepstream.models.checks import FEATURES, synthetic_events
+from hepstream.models.prepare_pool import InThread, PreparePool, prepare_workers, preparation
+from hepstream.models.prepare_worker import Worker
+from hepstream.models.verdicts import Duplicate, Ok, Refused
+
+
+def _records() -> list:
+    """Good chunks of both classes, a re-sent one, bytes that are no wire message, and a chunk whose features
+    are refused (no Muon branch)."""
+    rng = np.random.default_rng(3)
+    batches, labels = [], []
+    for _ in range(10):
+        batch, y = synthetic_events(rng, 400)
+        batches.append(batch)
+        labels.append(y)
+    records = kafka_records(batches, labels)
+    key, value, headers = wire.encode(wire.Chunk(wire.ChunkId("odd", "Events", 0, 2), "d", "s",
+                                                 pa.record_batch({"MET_pt": [1.0, 2.0]}), 1), "lz4")
+    poison = ConsumerRecord("bench", 0, -1, 11, 0, 0, b"not a key", b"not arrow", [], None, 9, 9, -1)
+    refused = ConsumerRecord("bench", 0, -1, 12, 0, 0, key, bytes(value), headers, None, len(key), len(value), -1)
+    resent = records[2]._replace(offset=13)
+    return [*records[:4], poison, *records[4:7], resent, refused, *records[7:]]
+
+
+def _groups(records: list) -> list[list]:
+    return [records[i : i + 3] for i in range(0, len(records), 3)]
+
+
+def _trainer(folder: Path, workers: int):
+    return core_trainer(folder, {"device": "cpu", "batch_size": 64, "learning_rate": 0.01, "seed": 7,
+                                 "prepare_workers": workers}, feature_spec=FEATURES)
+
+
+def _learn(trainer, groups: list, kill_after: int | None = None) -> list:
+    """Learn every group through the trainer's preparation, as its run() does; the verdicts seen, in order."""
+    known, ahead = set(trainer.position.seen_keys), trainer.learner.read_ahead()
+
+    def prepare(messages):
+        step = trainer.prepare_messages(messages, known, ahead)
+        known.update(step.keys)
+        return step
+
+    preparer = preparation(trainer.config, known, ahead, prepare)
+    try:
+        pending = [preparer.submit(group) for group in groups]
+        if kill_after is not None:
+            pending[kill_after].result(60)
+            os.kill(preparer.pids[0], signal.SIGKILL)
+        verdicts = []
+        for item in pending:
+            step = item if isinstance(preparer, InThread) else item.result(120)
+            trainer.learn_step(step)
+            verdicts += [(type(v).__name__, v.record.offset, getattr(v, "key", None),
+                          f"{type(v.error).__name__}: {v.error}" if isinstance(v, Refused) else None)
+                         for v in step.verdicts]
+        return verdicts
+    finally:
+        preparer.close()
+
+
+def _state(trainer) -> tuple:
+    model, meta, state, _ = trainer.checkpoint_parts()
+    tensors = {k: v for k, v in model.items() if isinstance(v, torch.Tensor)}
+    return tensors, state, meta.counters
+
+
+def _same_state(left, right) -> None:
+    (left_tensors, left_state, left_counters), (right_tensors, right_state, right_counters) = left, right
+    assert left_tensors.keys() == right_tensors.keys()
+    assert all(torch.equal(left_tensors[k], right_tensors[k]) for k in left_tensors)
+    assert left_state == right_state and left_counters == right_counters
+
+
+def test_the_pool_learns_what_the_trainer_thread_learns_bit_for_bit(tmp_path):
+    groups = _groups(_records())
+    alone, pooled = _trainer(tmp_path / "thread", 0), _trainer(tmp_path / "pool", 2)
+    assert _learn(alone, groups) == _learn(pooled, groups)
+    _same_state(_state(alone), _state(pooled))
+    assert pooled.counters["duplicate_chunks"] == 1 and pooled.counters["bad_messages"] == 2
+    assert pooled.counters["events_trained"] == 10 * 400
+
+
+def test_the_verdicts_name_what_was_refused_and_why(tmp_path):
+    verdicts = _learn(_trainer(tmp_path, 2), _groups(_records()))
+    kinds = {offset: (kind, reason) for kind, offset, _, reason in verdicts}
+    assert kinds[11][0] == "Refused" and kinds[11][1].startswith("WireError: ")
+    assert kinds[12] == ("Refused", "FeatureError: branch 'Muon_pt': missing; the batch has ['MET_pt']")
+    assert kinds[13] == ("Duplicate", None)
+    assert [offset for _, offset, _, _ in verdicts] == [*range(4), 11, 4, 5, 6, 13, 12, 7, 8, 9]
+
+
+def test_a_killed_worker_is_replaced_and_its_groups_are_prepared_once(tmp_path):
+    groups = _groups(_records()) * 1
+    alone, pooled = _trainer(tmp_path / "thread", 0), _trainer(tmp_path / "pool", 2)
+    assert _learn(alone, groups) == _learn(pooled, groups, kill_after=0)
+    _same_state(_state(alone), _state(pooled))
+
+
+def test_shared_memory_blocks_are_unlinked_when_the_pool_closes(tmp_path):
+    trainer = _trainer(tmp_path, 2)
+    pool = PreparePool(trainer.config, 2, set(), trainer.learner.read_ahead())
+    steps = [pool.submit(group).result(120) for group in _groups(_records())]
+    names = pool.block_names
+    assert names and all(Path("/dev/shm", name).exists() for name in names)
+    pool.close()
+    assert not any(Path("/dev/shm", name).exists() for name in names)
+    assert sum(len(step.group.labels) for step in steps if step.group is not None) == 10 * 400  # still readable
+
+
+def test_any_error_preparing_a_message_in_a_worker_refuses_it_under_its_own_name(monkeypatch):
+    import hepstream.models.prepare_worker as worker_module
+
+    def explodes(*args):
+        raise RuntimeError("repeats may not contain negative values")
+
+    monkeypatch.setattr(worker_module, "prepare_chunk", explodes)
+    record = _records()[0]
+    answer, parts = Worker(FEATURES, 2, None).extract(0, [(record.key, record.value, record.headers)])
+    assert answer["messages"] == [{"key": record.key.decode(), "error": {
+        "kind": "RuntimeError", "message": "repeats may not contain negative values"}}]
+    assert parts == []
+
+
+def test_prepare_workers_is_the_cores_left_by_default_and_zero_is_the_trainer_thread(tmp_path):
+    assert prepare_workers(None) == max(1, len(os.sched_getaffinity(0)) - 1)
+    assert prepare_workers(3) == 3
+    assert isinstance(preparation(_trainer(tmp_path, 0).config, set(), None, print), InThread)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_pool_learns_what_the_trainer_thread_learns(tmp_path):
+    groups = _groups(_records())
+    alone = core_trainer(tmp_path / "thread", {"device": "cuda", "prepare_workers": 0, "seed": 7}, feature_spec=FEATURES)
+    pooled = core_trainer(tmp_path / "pool", {"device": "cuda", "prepare_workers": 2, "seed": 7}, feature_spec=FEATURES)
+    assert _learn(alone, groups) == _learn(pooled, groups)
+    assert _state(alone)[1] == _state(pooled)[1]
