@@ -147,9 +147,8 @@ def learn_records(trainer, groups: list, seconds: float) -> tuple[int, float]:
     """Learn groups of records as :meth:`StreamTrainer.run` does once they are polled: each group submitted
     to the trainer's preparation from a second thread while earlier ones learn (``learn_step``), in order.
     The first group warms up, untimed; stops early after ``seconds``. Returns (events learned, seconds)."""
-    from hepstream.models.prepare_pool import preparation
+    from hepstream.models.prepare_pool import Pending, preparation
 
-    trainer.learn_messages(groups[0])
     known, ahead = set(trainer.position.seen_keys), trainer.learner.read_ahead()
 
     def prepare(messages):
@@ -157,8 +156,10 @@ def learn_records(trainer, groups: list, seconds: float) -> tuple[int, float]:
         known.update(step.keys)
         return step
 
-    return run_for(_learned_with_read_ahead(trainer, groups[1:], preparation(trainer.config, known, ahead, prepare)),
-                   seconds)
+    preparer = preparation(trainer.config, known, ahead, prepare)
+    first = preparer.submit(groups[0])  # untimed: the workers start, the allocator and kernels warm up
+    trainer.learn_step(first.result(None) if isinstance(first, Pending) else first)
+    return run_for(_learned_with_read_ahead(trainer, groups[1:], preparer), seconds)
 
 
 def _learned_with_read_ahead(trainer, groups: list, preparer):

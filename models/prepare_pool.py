@@ -102,6 +102,9 @@ class InThread:
         pass
 
 
+_UNLINKED: list[SharedMemory] = []
+
+
 class _Blocks:
     """Shared memory blocks this process creates, lends to one group at a time, and unlinks at the end.
 
@@ -127,12 +130,13 @@ class _Blocks:
             block = SharedMemory(create=True, size=max(size, 1))
             self._all.append(block)
         base = np.frombuffer(block.buf, np.uint8)
-        weakref.finalize(base, self._returned, block)
+        weakref.finalize(base, self._returned, block).atexit = False
         return block.name, block_rows(base, rows, width, weights)
 
     def _returned(self, block: SharedMemory) -> None:
-        if not self._released:  # once released, the block is unmapped when its object goes
-            self._free.append(block)
+        # Once released, the block is kept, unlinked, to the end of the process: closed here, while the last
+        # array on it is still being freed, its mapping would refuse (BufferError).
+        (_UNLINKED if self._released else self._free).append(block)
 
     @property
     def names(self) -> list[str]:
