@@ -12,6 +12,15 @@ message order: the same numbers as the trainer's own thread, which merges the sa
 shuffle generator. The worker then lays the rows out with those statistics into a shared memory block
 lent by this process; no array is pickled. A worker that dies is replaced and its unfinished groups are
 sent again from their bytes: nothing is lost, and nothing counts twice, since nothing is decided twice.
+A worker takes its requests in order, so the one it died on is known; when that was a group's extraction,
+its messages are extracted again one by one (``probe``) to find the one that kills, which is refused
+naming its offset, and the group goes on without it: a poison message never stops training.
+
+Nothing outlives a trainer killed by SIGKILL: workers are started from the pool's own thread and ask the
+kernel for SIGTERM when it ends (:func:`~hepstream.supervisor.terminate_with_parent`), besides ending when
+their request pipe closes; blocks are named after the trainer's PID, unlinked by Python's resource tracker
+when the trainer dies, and any a dead trainer left anyway (its tracker killed too) are unlinked by the
+next pool that starts on the machine (:func:`sweep_blocks`).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import subprocess
 import sys
 import threading
@@ -28,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 
 import numpy as np
 
@@ -36,10 +47,13 @@ from hepstream.models.learner import Group, Preparation
 from hepstream.models.preparation import Rows
 from hepstream.models.prepare_protocol import block_bytes, block_rows, receive, records_message, send
 from hepstream.models.verdicts import Duplicate, Ok, Refused, Step
+from hepstream.supervisor import describe_exit
 
 log = logging.getLogger(__name__)
 
-_DEATHS = 3  # a group whose worker died this often is not sent again: the trainer stops with an error
+_DEATHS = 3  # a group that killed a worker this often, no one message of it to blame, stops the trainer
+_SHM = Path("/dev/shm")
+_BLOCK_PREFIX = "hepstream-prepare-"
 _SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -105,6 +119,20 @@ class InThread:
 _UNLINKED: list[SharedMemory] = []
 
 
+def block_names_of(pid: int) -> list[str]:
+    """The shared memory blocks that the trainer of process ``pid`` made and were not unlinked."""
+    return sorted(path.name for path in _SHM.glob(f"{_BLOCK_PREFIX}{pid}-*"))
+
+
+def sweep_blocks() -> None:
+    """Unlink the blocks of trainers no longer running (killed with their resource tracker)."""
+    for path in _SHM.glob(f"{_BLOCK_PREFIX}*-*"):
+        pid = path.name.removeprefix(_BLOCK_PREFIX).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            log.warning("unlinking shared memory block %s left by a trainer that ended (process %s)", path.name, pid)
+            path.unlink(missing_ok=True)
+
+
 class _Blocks:
     """Shared memory blocks this process creates, lends to one group at a time, and unlinks at the end.
 
@@ -127,7 +155,8 @@ class _Blocks:
                 break
             self._free.append(candidate)
         if block is None:
-            block = SharedMemory(create=True, size=max(size, 1))
+            block = SharedMemory(f"{_BLOCK_PREFIX}{os.getpid()}-{secrets.token_hex(6)}", create=True,
+                                 size=max(size, 1))
             self._all.append(block)
         base = np.frombuffer(block.buf, np.uint8)
         weakref.finalize(base, self._returned, block).atexit = False
@@ -154,7 +183,8 @@ class _Blocks:
 
 
 class _Process:
-    """One worker process, and a thread writing its requests so that the collector never waits on a pipe."""
+    """One worker process, the requests it has not answered yet (oldest first: the one it dies on is the
+    first), and a thread writing its requests so that the collector never waits on a pipe."""
 
     def __init__(self, arguments: list[str]):
         requests_read, self._requests_write = os.pipe()
@@ -163,16 +193,19 @@ class _Process:
                        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # what this process imports
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hepstream.models.prepare_worker", str(requests_read), str(answers_write),
-             *arguments], pass_fds=(requests_read, answers_write), env=environment)
+             str(os.getpid()), *arguments], pass_fds=(requests_read, answers_write), stdin=subprocess.DEVNULL,
+            env=environment)
         os.close(requests_read)
         os.close(answers_write)
         self.answers = Connection(self._answers_read, writable=False)
         self._requests = Connection(self._requests_write, readable=False)
+        self.unanswered: deque[tuple[int, str]] = deque()  # (task, op) of each request sent, in order
         self._outbox: queue.Queue = queue.Queue()
         self._writer = threading.Thread(target=self._write, name=f"hepstream-prepare-{self.process.pid}", daemon=True)
         self._writer.start()
 
     def post(self, header: dict, parts: list[bytes]) -> None:
+        self.unanswered.append((header["task"], header["op"]))
         self._outbox.put((header, parts))
 
     def _write(self) -> None:
@@ -209,6 +242,13 @@ class _Task:
     layout: tuple[dict, list[bytes]] | None = None
     step: Step | None = None
     deaths: int = 0
+    killers: dict[int, Exception] = field(default_factory=dict)  # index of a message that killed a worker -> why
+    probing: deque[int] | None = None  # messages still to extract alone, looking for the one that kills
+
+
+def _extract_request(task_id: int, records: list) -> tuple[dict, list[bytes]]:
+    described, parts = records_message(records)
+    return {"op": "extract", "task": task_id, "records": described}, parts
 
 
 _REWIND = object()  # in the decision order: the epoch ended, forget the keys learned
@@ -220,6 +260,7 @@ class PreparePool:
     def __init__(self, config: Config, workers: int, known: set[str], ahead: Preparation):
         self._arguments = [config.features.model_dump_json(), str(config.model.classes),
                            config.dataset.label_branch or ""]
+        self._workers = workers
         self.depth = workers + 1  # groups queued for the trainer, besides the one it learns
         self._known = known
         self._ahead = ahead
@@ -228,14 +269,17 @@ class PreparePool:
         self._tasks: dict[int, _Task] = {}
         self._order: deque = deque()  # tasks (and rewinds) waiting for their decision, in message order
         self._next_id = 0
+        self._processes: list[_Process] = []
+        self._started = threading.Event()
         self._closed = threading.Event()
-        self._processes = [_Process(self._arguments) for _ in range(workers)]
+        # The workers are started, replaced and ended by this thread, the parent whose end they follow.
         self._collector = threading.Thread(target=self._collect, name="hepstream-prepare-collector", daemon=True)
         self._collector.start()
 
     @property
     def pids(self) -> list[int]:
         """The worker processes' ids (a test kills one)."""
+        self._started.wait()
         with self._lock:
             return [p.process.pid for p in self._processes]
 
@@ -245,10 +289,10 @@ class PreparePool:
 
     def submit(self, records: list) -> Pending:
         """Send a group's records to the least busy worker; the :class:`Pending` resolves to its step."""
-        described, parts = records_message(records)
+        records = list(records)
+        self._started.wait()
         with self._lock:
-            task = _Task(self._next_id, list(records), ({"op": "extract", "task": self._next_id,
-                                                         "records": described}, parts))
+            task = _Task(self._next_id, records, _extract_request(self._next_id, records))
             self._next_id += 1
             self._tasks[task.id] = task
             self._order.append(task)
@@ -266,8 +310,6 @@ class PreparePool:
         self._closed.set()
         self._collector.join()
         with self._lock:
-            for process in self._processes:
-                process.close()
             for task in self._tasks.values():
                 task.pending.resolve(None, "the preparation pool was closed")
             self._tasks.clear()
@@ -283,23 +325,37 @@ class PreparePool:
             process.post(*task.layout)
 
     def _collect(self) -> None:
-        while not self._closed.is_set():
-            with self._lock:
-                answers = {p.answers: p for p in self._processes}
-            for conn in wait(list(answers), timeout=0.1):
-                try:
-                    header, parts = receive(conn)
-                except (EOFError, OSError):
-                    self._replace(answers[conn])
-                    continue
+        sweep_blocks()
+        with self._lock:
+            self._processes = [_Process(self._arguments) for _ in range(self._workers)]
+        self._started.set()
+        try:
+            while not self._closed.is_set():
                 with self._lock:
-                    self._answered(header, parts)
+                    answers = {p.answers: p for p in self._processes}
+                for conn in wait(list(answers), timeout=0.1):
+                    process = answers[conn]
+                    try:
+                        header, parts = receive(conn)
+                    except (EOFError, OSError):
+                        self._replace(process)
+                        continue
+                    with self._lock:
+                        process.unanswered.popleft()
+                        self._answered(header, parts)
+        finally:
+            with self._lock:
+                for process in self._processes:
+                    process.close()
 
     def _answered(self, header: dict, parts: list[bytes]) -> None:
         task = self._tasks.get(header["task"])
         if task is None:
             return
-        if header["op"] == "extracted":
+        if header["op"] == "probed":  # that message alone did not kill the worker
+            task.probing.popleft()
+            self._probe_next(task)
+        elif header["op"] == "extracted":
             if task.answer is None:  # a replacement's second answer is the same: the first one stands
                 task.answer, task.moments = header, parts
                 self._decide()
@@ -308,23 +364,58 @@ class PreparePool:
             task.pending.resolve(task.step)
 
     def _replace(self, dead: _Process) -> None:
-        """A worker died: start another and send it the dead one's unfinished groups again, from their bytes."""
-        code = dead.process.wait()
-        log.warning("preparation worker %d ended (exit status %s); starting another", dead.process.pid, code)
+        """A worker died: start another and send it the dead one's unfinished groups again, from their bytes;
+        the request it died on is blamed (:meth:`_blame`)."""
+        how = describe_exit(dead.process.wait())
         dead.close()
         with self._lock:
             if self._closed.is_set():
                 return
             process = _Process(self._arguments)
             self._processes[self._processes.index(dead)] = process
+            log.warning("preparation worker %d ended (%s); started %d instead", dead.process.pid, how,
+                        process.process.pid)
+            culprit = dead.unanswered[0] if dead.unanswered else None
             for task in [t for t in self._tasks.values() if t.worker is dead]:
-                task.deaths += 1
-                if task.deaths >= _DEATHS:
-                    del self._tasks[task.id]
-                    task.pending.resolve(None, f"preparing messages {_where(task.records)} killed "
-                                         f"{task.deaths} worker processes")
+                if culprit is not None and culprit[0] == task.id:
+                    self._blame(task, culprit[1], process, how)
+                elif task.probing is not None:
+                    task.worker = process
+                    self._probe_next(task)
                 else:
                     self._assign(task, process)
+
+    def _blame(self, task: _Task, op: str, process: _Process, how: str) -> None:
+        """The worker died on this task's request ``op``. Dying on a message alone refuses that message; on
+        the group's extraction, its messages are extracted alone, one by one, to find the one at fault."""
+        task.worker = process
+        if op == "probe":
+            index = task.probing.popleft()
+            task.killers[index] = prepared_error(
+                "WorkerCrash", f"preparing message {_where([task.records[index]])} killed a preparation worker "
+                f"process ({how})")
+            self._probe_next(task)
+            return
+        task.deaths += 1
+        if task.deaths >= _DEATHS:
+            del self._tasks[task.id]
+            task.pending.resolve(None, f"preparing messages {_where(task.records)} killed {task.deaths} worker "
+                                 f"processes, though each of them alone did not")
+        elif op == "extract":
+            task.probing = deque(i for i in range(len(task.records)) if i not in task.killers)
+            self._probe_next(task)
+        else:
+            self._assign(task, process)
+
+    def _probe_next(self, task: _Task) -> None:
+        """Extract the next suspect alone; with none left, extract the group again without its killers."""
+        if task.probing:
+            header, parts = _extract_request(task.id, [task.records[task.probing[0]]])
+            task.worker.post({**header, "op": "probe"}, parts)
+            return
+        task.probing = None
+        task.extract = _extract_request(task.id, [r for i, r in enumerate(task.records) if i not in task.killers])
+        self._assign(task, task.worker)
 
     def _decide(self) -> None:
         """Decide every group whose answer is in, in message order (under the lock)."""
@@ -340,7 +431,13 @@ class PreparePool:
 
     def _decide_group(self, task: _Task) -> None:
         verdicts, kept, keys, moments = [], [], set(), iter(task.moments)
-        for index, (record, answer) in enumerate(zip(task.records, task.answer["messages"])):
+        sent = (index for index in range(len(task.records)) if index not in task.killers)
+        answers = dict(zip(sent, enumerate(task.answer["messages"])))  # index -> (place at the worker, answer)
+        for index, record in enumerate(task.records):
+            if index in task.killers:
+                verdicts.append(Refused(record, task.killers[index]))
+                continue
+            place, answer = answers[index]
             statistics = next(moments) if "events" in answer else None
             key = answer["key"]
             if key is None:
@@ -352,7 +449,7 @@ class PreparePool:
             else:
                 keys.add(key)
                 verdicts.append(Ok(record, key))
-                kept.append((index, answer, statistics))
+                kept.append((place, answer, statistics))
         self._known.update(keys)
         if not kept:
             del self._tasks[task.id]
@@ -369,7 +466,7 @@ class PreparePool:
         name, rows = self._blocks.lend(len(order), features.n_features, weights)
         moments = features.moments
         normalised = np.concatenate([moments.count, moments.mean, moments.m2]).tobytes() if features.spec.normalize else b""
-        task.layout = ({"op": "layout", "task": task.id, "keep": [index for index, _, _ in kept], "block": name,
+        task.layout = ({"op": "layout", "task": task.id, "keep": [place for place, _, _ in kept], "block": name,
                         "weights": weights}, [normalised, order.tobytes()])
         task.step = Step(verdicts, Group(rows.x, rows.labels, rows.weights, state))
         task.worker.post(*task.layout)

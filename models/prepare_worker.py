@@ -11,11 +11,19 @@ normaliser's statistics are sequential and the worker cannot know them alone:
    the statistics after this group, the chunks kept (duplicates dropped) and the shuffled row order; the
    worker writes the matrix, labels and weights into the shared memory block named, and says so.
 
-It ends when the trainer closes its pipe, which is also what happens when the trainer dies.
+A third request, ``probe``, extracts one message and forgets it: after a worker died on a group, the
+trainer has its messages probed one by one to find the one that kills.
+
+It ends when the trainer closes its pipe, and with the trainer: on Linux it asks for SIGTERM when the
+trainer dies (even by SIGKILL), so a worker busy with a long group does not outlive it.
+
+``HEPSTREAM_TEST_CRASH_ON_KEY``, set only by tests (tests/models/test_prepare_pool.py), makes the worker
+exit at once when it decodes a message of that key: a message that kills its worker, on demand.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -29,8 +37,10 @@ from hepstream.models.features import FeaturePipeline
 from hepstream.models.labels import chunk_labels
 from hepstream.models.prepare_protocol import block_rows, message_records, receive, send
 from hepstream.models.preparation import lay_out, prepare_chunk
+from hepstream.supervisor import terminate_with_parent
 
 _ATTACHED = 8  # blocks kept mapped; the trainer reuses a handful
+_CRASH_ON_KEY = os.environ.get("HEPSTREAM_TEST_CRASH_ON_KEY", "").encode() or None
 
 
 def refusal(error: Exception) -> dict:
@@ -49,6 +59,8 @@ class Worker:
     def extract(self, task: int, records: list[tuple]) -> tuple[dict, list[bytes]]:
         answers, parts, prepared = [], [], []
         for key, value, headers in records:
+            if key == _CRASH_ON_KEY:
+                os._exit(70)
             answer = {"key": None}
             try:
                 chunk = wire.decode(key, value, headers)
@@ -97,12 +109,20 @@ class Worker:
                 return
             if header["op"] == "extract":
                 send(answers, *self.extract(header["task"], message_records(header["records"], parts)))
+            elif header["op"] == "probe":
+                self.extract(-1, message_records(header["records"], parts))
+                del self.extracted[-1]
+                send(answers, {"op": "probed", "task": header["task"]})
             else:
                 send(answers, self.layout(header, *parts))
 
 
 def main(argv: list[str]) -> None:
-    requests, answers, features, classes, label_branch = argv
+    requests, answers, trainer, features, classes, label_branch = argv
+    if sys.platform == "linux":
+        terminate_with_parent()
+    if os.getppid() != int(trainer):  # the trainer died before the line above
+        return
     worker = Worker(FeaturesConfig.model_validate_json(features), int(classes), label_branch or None)
     worker.serve(Connection(int(requests), writable=False), Connection(int(answers), readable=False))
 

@@ -2,20 +2,29 @@
 
 import os
 import signal
+import subprocess
+import sys
+from contextlib import suppress
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+import yaml
 from kafka.consumer.fetcher import ConsumerRecord
 
 from hepstream import wire
 from hepstream.benchmarks.core import core_trainer, kafka_records
 from hepstream.models.checks import FEATURES, synthetic_events
-from hepstream.models.prepare_pool import InThread, PreparePool, prepare_workers, preparation
+from hepstream.models.prepare_pool import (InThread, PreparePool, block_names_of, prepare_workers, preparation,
+                                           sweep_blocks)
 from hepstream.models.prepare_worker import Worker
-from hepstream.models.verdicts import Duplicate, Ok, Refused
+from hepstream.models.store import ModelStore
+from hepstream.models.verdicts import Refused
+from hepstream.waiting import poll_until
+from tests.helpers import labelled_pair, pipeline_config, process_gone, produce
 
 
 def _records() -> list:
@@ -108,6 +117,60 @@ def test_a_killed_worker_is_replaced_and_its_groups_are_prepared_once(tmp_path):
     alone, pooled = _trainer(tmp_path / "thread", 0), _trainer(tmp_path / "pool", 2)
     assert _learn(alone, groups) == _learn(pooled, groups, kill_after=0)
     _same_state(_state(alone), _state(pooled))
+
+
+def test_a_message_that_kills_workers_is_refused_alone_and_training_goes_on(tmp_path, monkeypatch):
+    # HEPSTREAM_TEST_CRASH_ON_KEY: a worker started now exits (code 70) when it decodes this key.
+    records = _records()
+    killer = next(r for r in records if r.offset == 5)
+    monkeypatch.setenv("HEPSTREAM_TEST_CRASH_ON_KEY", killer.key.decode())
+    alone, pooled = _trainer(tmp_path / "thread", 0), _trainer(tmp_path / "pool", 2)
+    expected = [(kind, offset, key, reason) if offset != 5 else
+                ("Refused", 5, None, "WorkerCrash: preparing message bench[0]@5 killed a preparation worker "
+                 "process (exit code 70)") for kind, offset, key, reason in _learn(alone, _groups(records))]
+    assert _learn(pooled, _groups(records)) == expected
+    assert pooled.counters["bad_messages"] == 3 and pooled.counters["events_trained"] == 9 * 400
+
+
+def _worker_pids(trainer_pid: int) -> list[int]:
+    """The trainer's children that are preparation workers, read from /proc."""
+    children = [int(pid) for path in Path(f"/proc/{trainer_pid}/task").glob("*/children")
+                for pid in path.read_text().split()]
+    return [pid for pid in children if b"prepare_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.integration
+def test_a_trainer_killed_by_sigkill_leaves_no_worker_and_no_block(broker, unique_topic, tmp_path):
+    config = pipeline_config(unique_topic, labelled_pair(tmp_path, 3000, 3000, seed=4), tmp_path / "store",
+                             producer={"max_chunk_events": 100},
+                             training={"prepare_workers": 2, "chunks_per_step": 2, "group_wait_s": 0.0})
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    produce(config, broker.bootstrap)
+    trainer = subprocess.Popen([sys.executable, "-m", "hepstream", "train", "--config", str(config_path),
+                                "--bootstrap", broker.bootstrap], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll_until(ModelStore(config.store.path, config.model.name).latest, timeout_s=120, what="no checkpoint")
+        workers = poll_until(lambda: _worker_pids(trainer.pid), timeout_s=10, what="no preparation worker")
+        assert len(workers) == 2 and block_names_of(trainer.pid)  # it learns from blocks named after it
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert all(process_gone(pid, timeout_s=10) for pid in workers)
+    poll_until(lambda: not block_names_of(trainer.pid), timeout_s=10, what=f"blocks of {trainer.pid} in /dev/shm")
+
+
+def test_a_new_pool_unlinks_the_blocks_of_trainers_no_longer_running():
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    left, alive = (SharedMemory(f"hepstream-prepare-{pid}-test", create=True, size=8) for pid in (ended.pid, os.getpid()))
+    try:
+        sweep_blocks()
+        assert block_names_of(ended.pid) == [] and alive.name in block_names_of(os.getpid())
+    finally:
+        alive.unlink()
+        with suppress(FileNotFoundError):
+            left.unlink()
 
 
 def test_shared_memory_blocks_are_unlinked_when_the_pool_closes(tmp_path):
