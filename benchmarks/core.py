@@ -172,17 +172,37 @@ def _learned_with_read_ahead(trainer, groups: list, preparer):
         preparer.close()
 
 
-def _prepared(preparer, groups: list):
-    """The groups' steps in order, ``preparer.depth`` groups submitted ahead from a thread of its own."""
+def _prepared(preparer, groups):
+    """The groups' steps in order, ``preparer.depth`` groups submitted ahead from a thread of its own; a None
+    among ``groups`` ends an epoch there (``preparer.rewind()``, in submission order)."""
     from hepstream.models.prepare_pool import Pending
 
+    groups = iter(groups)
+
+    def submit(group):
+        if group is None:
+            preparer.rewind()
+            group = next(groups)
+        return preparer.submit(group)
+
     with ThreadPoolExecutor(1, thread_name_prefix="bench-read-ahead") as reader:
-        submitted = collections.deque(reader.submit(preparer.submit, group) for group in groups[: preparer.depth])
-        for following in [*groups[preparer.depth :], *[None] * preparer.depth]:
+        submitted = collections.deque(reader.submit(submit, group) for group in itertools.islice(groups, preparer.depth))
+        while submitted:
             item = submitted.popleft().result()
-            if following is not None:
-                submitted.append(reader.submit(preparer.submit, following))
+            following = next(groups, _END)
+            if following is not _END:
+                submitted.append(reader.submit(submit, following))
             yield item.result(None) if isinstance(item, Pending) else item
+
+
+_END = object()
+
+
+def _epochs(groups: list):
+    """The groups again and again, each pass an epoch (None between passes), so no chunk is a duplicate."""
+    while True:
+        yield from groups
+        yield None
 
 
 def _pool_sizes() -> list[int]:
@@ -191,13 +211,16 @@ def _pool_sizes() -> list[int]:
 
 
 def _measure_pool(trainer, workers: int, groups, seconds: float) -> float:
-    """Preparation alone in a pool of ``workers`` processes, after one untimed group (the workers start)."""
+    """Preparation alone in a pool of ``workers`` processes, for ``seconds`` of epochs over ``groups``, after
+    one untimed group per worker (each worker started and warmed up)."""
     from hepstream.models.prepare_pool import PreparePool
 
     pool = PreparePool(trainer.config, workers, set(), trainer.learner.read_ahead())
     try:
-        pool.submit(groups[0]).result(None)
-        return rate(*run_for((len(step.group.labels) for step in _prepared(pool, groups[1:])), seconds))
+        for _ in _prepared(pool, groups[:workers]):
+            pass
+        pool.rewind()
+        return rate(*run_for((len(step.group.labels) for step in _prepared(pool, _epochs(groups))), seconds))
     finally:
         pool.close()
 
