@@ -306,7 +306,9 @@ class PreparePool:
             self._decide()
 
     def close(self) -> None:
-        """End the workers, fail what is still pending, and unlink every shared memory block."""
+        """End the workers, fail what is still pending, and unlink every shared memory block; once."""
+        if self._closed.is_set():
+            return
         self._closed.set()
         self._collector.join()
         with self._lock:

@@ -276,19 +276,24 @@ class StreamTrainer:
         is read and prepared while this one trains (:mod:`~hepstream.models.read_ahead`).
         """
         training = self.config.training
-        consumer = self.consumer()
+        known, ahead = set(self.position.seen_keys), self.learner.read_ahead()
+
+        def prepare(messages) -> Step:  # in the read-ahead thread
+            step = self.prepare_messages(messages, known, ahead)
+            known.update(step.keys)
+            return step
+
+        preparer = preparation(self.config, known, ahead, prepare)  # workers start while the consumer connects
+        try:
+            consumer = self.consumer()
+        except BaseException:
+            preparer.close()
+            raise
         try:
             assigned = self.assign(consumer, stop, topic_wait_s)
-            known, ahead = set(self.position.seen_keys), self.learner.read_ahead()
-
-            def prepare(messages) -> Step:  # in the read-ahead thread
-                step = self.prepare_messages(messages, known, ahead)
-                known.update(step.keys)
-                return step
-
-            reader = ReadAhead(consumer, assigned, preparation(self.config, known, ahead, prepare),
-                               chunks_per_step=training.chunks_per_step, group_wait_s=training.group_wait_s,
-                               epoch_start=self.position.epoch_start, epochs_left=training.epochs - 1 - self.epoch)
+            reader = ReadAhead(consumer, assigned, preparer, chunks_per_step=training.chunks_per_step,
+                               group_wait_s=training.group_wait_s, epoch_start=self.position.epoch_start,
+                               epochs_left=training.epochs - 1 - self.epoch)
             reader.start()
             try:
                 while not stop.is_set():
@@ -306,6 +311,7 @@ class StreamTrainer:
             if self._dirty:
                 self.checkpoint(consumer)
         finally:
+            preparer.close()  # closed already by the reader's stop, unless the topic never came
             consumer.close()
             if self.dead_letters is not None:
                 self.dead_letters.close()
