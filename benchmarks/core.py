@@ -147,17 +147,11 @@ def learn_records(trainer, groups: list, seconds: float) -> tuple[int, float]:
     """Learn groups of records as :meth:`StreamTrainer.run` does once they are polled: each group submitted
     to the trainer's preparation from a second thread while earlier ones learn (``learn_step``), in order.
     The first group warms up, untimed; stops early after ``seconds``. Returns (events learned, seconds)."""
-    from hepstream.models.prepare_pool import Pending, preparation
+    from hepstream.models.prepare_pool import Pending
 
-    known, ahead = set(trainer.position.seen_keys), trainer.learner.read_ahead()
-
-    def prepare(messages):
-        step = trainer.prepare_messages(messages, known, ahead)
-        known.update(step.keys)
-        return step
-
-    preparer = preparation(trainer.config, known, ahead, prepare)
-    first = preparer.submit(groups[0])  # untimed: the workers start, the allocator and kernels warm up
+    preparer = trainer.preparation()
+    preparer.wait_ready()  # untimed, as the first group: the workers start, the allocator and kernels warm up
+    first = preparer.submit(groups[0])
     trainer.learn_step(first.result(None) if isinstance(first, Pending) else first)
     return run_for(_learned_with_read_ahead(trainer, groups[1:], preparer), seconds)
 
@@ -213,10 +207,9 @@ def _pool_sizes() -> list[int]:
 def _measure_pool(trainer, workers: int, groups, seconds: float) -> float:
     """Preparation alone in a pool of ``workers`` processes, for ``seconds`` of epochs over ``groups``, after
     one untimed group per worker (each worker started and warmed up)."""
-    from hepstream.models.prepare_pool import PreparePool
-
-    pool = PreparePool(trainer.config, workers, set(), trainer.learner.read_ahead())
+    pool = trainer.preparation(workers)
     try:
+        pool.wait_ready()
         for _ in _prepared(pool, groups[:workers]):
             pass
         pool.rewind()

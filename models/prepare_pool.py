@@ -12,6 +12,9 @@ message order: the same numbers as the trainer's own thread, which merges the sa
 shuffle generator. The worker then lays the rows out with those statistics into a shared memory block
 lent by this process; no array is pickled. A worker that dies is replaced and its unfinished groups are
 sent again from their bytes: nothing is lost, and nothing counts twice, since nothing is decided twice.
+Until its workers have started (their imports take most of a second), the pool prepares each group in
+the calling thread as ``training.prepare_workers: 0`` does, while no group is in the workers' hands:
+a trainer does not wait for its workers, and the order of decisions stays the order of messages.
 A worker takes its requests in order, so the one it died on is known; when that was a group's extraction,
 its messages are extracted again one by one (``probe``) to find the one that kills, which is refused
 naming its offset, and the group goes on without it: a poison message never stops training.
@@ -111,6 +114,9 @@ class InThread:
 
     def rewind(self) -> None:
         self._known.clear()
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -257,7 +263,9 @@ _REWIND = object()  # in the decision order: the epoch ended, forget the keys le
 class PreparePool:
     """``workers`` preparation processes behind :meth:`submit`, deciding in message order (see the module)."""
 
-    def __init__(self, config: Config, workers: int, known: set[str], ahead: Preparation):
+    def __init__(self, config: Config, workers: int, known: set[str], ahead: Preparation,
+                 prepare: Callable[[list], Step]):
+        self._prepare = prepare  # in the calling thread, until the workers are ready
         self._arguments = [config.features.model_dump_json(), str(config.model.classes),
                            config.dataset.label_branch or ""]
         self._workers = workers
@@ -271,6 +279,8 @@ class PreparePool:
         self._next_id = 0
         self._processes: list[_Process] = []
         self._started = threading.Event()
+        self._ready = threading.Event()  # every worker started has said so
+        self._readied = 0
         self._closed = threading.Event()
         # The workers are started, replaced and ended by this thread, the parent whose end they follow.
         self._collector = threading.Thread(target=self._collect, name="hepstream-prepare-collector", daemon=True)
@@ -287,9 +297,20 @@ class PreparePool:
     def block_names(self) -> list[str]:
         return self._blocks.names
 
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until the workers have started, so that groups submitted from now on go to them."""
+        return self._ready.wait(timeout_s)
+
     def submit(self, records: list) -> Pending:
         """Send a group's records to the least busy worker; the :class:`Pending` resolves to its step."""
         records = list(records)
+        if not self._ready.is_set():
+            with self._lock:
+                alone = not self._order  # nothing undecided in the workers' hands: this group is next in order
+            if alone:
+                pending = Pending()
+                pending.resolve(self._prepare(records))
+                return pending
         self._started.wait()
         with self._lock:
             task = _Task(self._next_id, records, _extract_request(self._next_id, records))
@@ -343,6 +364,11 @@ class PreparePool:
                         self._replace(process)
                         continue
                     with self._lock:
+                        if header["op"] == "ready":
+                            self._readied += 1
+                            if self._readied >= self._workers:
+                                self._ready.set()
+                            continue
                         process.unanswered.popleft()
                         self._answered(header, parts)
         finally:
@@ -478,9 +504,9 @@ def _where(records: list) -> str:
     return ", ".join(f"{r.topic}[{r.partition}]@{r.offset}" for r in records)
 
 
-def preparation(config: Config, known: set[str], ahead: Preparation,
-                prepare: Callable[[list], Step]) -> InThread | PreparePool:
+def preparation(config: Config, known: set[str], ahead: Preparation, prepare: Callable[[list], Step],
+                workers: int | None = None) -> InThread | PreparePool:
     """How :meth:`StreamTrainer.run` prepares its groups: ``prepare`` in the read-ahead thread when
-    ``training.prepare_workers`` is 0, else a pool of that many processes."""
-    workers = prepare_workers(config.training.prepare_workers)
-    return InThread(prepare, known) if workers == 0 else PreparePool(config, workers, known, ahead)
+    ``training.prepare_workers`` (or ``workers``, when given) is 0, else a pool of that many processes."""
+    workers = prepare_workers(config.training.prepare_workers if workers is None else workers)
+    return InThread(prepare, known) if workers == 0 else PreparePool(config, workers, known, ahead, prepare)

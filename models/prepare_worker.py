@@ -11,7 +11,7 @@ normaliser's statistics are sequential and the worker cannot know them alone:
    the statistics after this group, the chunks kept (duplicates dropped) and the shuffled row order; the
    worker writes the matrix, labels and weights into the shared memory block named, and says so.
 
-A third request, ``probe``, extracts one message and forgets it: after a worker died on a group, the
+It says ``ready`` once started. A third request, ``probe``, extracts one message and forgets it: after a worker died on a group, the
 trainer has its messages probed one by one to find the one that kills.
 
 It ends when the trainer closes its pipe, and with the trainer: on Linux it asks for SIGTERM when the
@@ -124,7 +124,9 @@ def main(argv: list[str]) -> None:
     if os.getppid() != int(trainer):  # the trainer died before the line above
         return
     worker = Worker(FeaturesConfig.model_validate_json(features), int(classes), label_branch or None)
-    worker.serve(Connection(int(requests), writable=False), Connection(int(answers), readable=False))
+    answering = Connection(int(answers), readable=False)
+    send(answering, {"op": "ready"})  # imports done: the trainer may stop preparing groups itself
+    worker.serve(Connection(int(requests), writable=False), answering)
 
 
 if __name__ == "__main__":

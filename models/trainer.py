@@ -36,7 +36,7 @@ from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
 from hepstream.models.labels import chunk_labels
 from hepstream.models.learner import Group, Learner, Preparation
 from hepstream.models.position import Position
-from hepstream.models.prepare_pool import preparation
+from hepstream.models.prepare_pool import InThread, PreparePool, preparation
 from hepstream.models.read_ahead import EpochEnd, ReadAhead
 from hepstream.models.store import ModelStore
 from hepstream.models.store_errors import StoreWriteError
@@ -276,14 +276,7 @@ class StreamTrainer:
         is read and prepared while this one trains (:mod:`~hepstream.models.read_ahead`).
         """
         training = self.config.training
-        known, ahead = set(self.position.seen_keys), self.learner.read_ahead()
-
-        def prepare(messages) -> Step:  # in the read-ahead thread
-            step = self.prepare_messages(messages, known, ahead)
-            known.update(step.keys)
-            return step
-
-        preparer = preparation(self.config, known, ahead, prepare)  # workers start while the consumer connects
+        preparer = self.preparation()  # its workers start while the consumer connects
         try:
             consumer = self.consumer()
         except BaseException:
@@ -315,6 +308,18 @@ class StreamTrainer:
             consumer.close()
             if self.dead_letters is not None:
                 self.dead_letters.close()
+
+    def preparation(self, workers: int | None = None) -> InThread | PreparePool:
+        """How :meth:`run` prepares groups from here: on the keys learned in this epoch and a read-ahead copy
+        of the normaliser and shuffle, in ``training.prepare_workers`` processes (or ``workers``, when given)."""
+        known, ahead = set(self.position.seen_keys), self.learner.read_ahead()
+
+        def prepare(messages) -> Step:  # in the read-ahead thread
+            step = self.prepare_messages(messages, known, ahead)
+            known.update(step.keys)
+            return step
+
+        return preparation(self.config, known, ahead, prepare, workers)
 
     def _learn_group(self, group: Step | EpochEnd) -> None:
         if isinstance(group, EpochEnd):

@@ -54,17 +54,14 @@ def _trainer(folder: Path, workers: int):
                                  "prepare_workers": workers}, feature_spec=FEATURES)
 
 
-def _learn(trainer, groups: list, kill_after: int | None = None) -> list:
-    """Learn every group through the trainer's preparation, as its run() does; the verdicts seen, in order."""
-    known, ahead = set(trainer.position.seen_keys), trainer.learner.read_ahead()
-
-    def prepare(messages):
-        step = trainer.prepare_messages(messages, known, ahead)
-        known.update(step.keys)
-        return step
-
-    preparer = preparation(trainer.config, known, ahead, prepare)
+def _learn(trainer, groups: list, kill_after: int | None = None, ready: bool = True) -> list:
+    """Learn every group through the trainer's preparation, as its run() does; the verdicts seen, in order.
+    With ``ready``, the groups are submitted once the workers have started (else the first ones may be
+    prepared in this thread, as a trainer does before its workers are ready)."""
+    preparer = trainer.preparation()
     try:
+        if ready:
+            assert preparer.wait_ready(120)
         pending = [preparer.submit(group) for group in groups]
         if kill_after is not None:
             pending[kill_after].result(60)
@@ -101,6 +98,13 @@ def test_the_pool_learns_what_the_trainer_thread_learns_bit_for_bit(tmp_path):
     _same_state(_state(alone), _state(pooled))
     assert pooled.counters["duplicate_chunks"] == 1 and pooled.counters["bad_messages"] == 2
     assert pooled.counters["events_trained"] == 10 * 400
+
+
+def test_groups_prepared_in_the_trainer_thread_until_the_workers_start_change_nothing(tmp_path):
+    groups = _groups(_records())
+    alone, pooled = _trainer(tmp_path / "thread", 0), _trainer(tmp_path / "pool", 2)
+    assert _learn(alone, groups) == _learn(pooled, groups, ready=False)
+    _same_state(_state(alone), _state(pooled))
 
 
 def test_the_verdicts_name_what_was_refused_and_why(tmp_path):
@@ -175,7 +179,8 @@ def test_a_new_pool_unlinks_the_blocks_of_trainers_no_longer_running():
 
 def test_shared_memory_blocks_are_unlinked_when_the_pool_closes(tmp_path):
     trainer = _trainer(tmp_path, 2)
-    pool = PreparePool(trainer.config, 2, set(), trainer.learner.read_ahead())
+    pool = trainer.preparation()
+    assert isinstance(pool, PreparePool) and pool.wait_ready(120)
     steps = [pool.submit(group).result(120) for group in _groups(_records())]
     names = pool.block_names
     assert names and all(Path("/dev/shm", name).exists() for name in names)
