@@ -15,7 +15,7 @@ sent again from their bytes: nothing is lost, and nothing counts twice, since no
 Until its workers have started (their imports take most of a second), the pool prepares each group in
 the calling thread as ``training.prepare_workers: 0`` does, while no group is in the workers' hands:
 a trainer does not wait for its workers, and the order of decisions stays the order of messages.
-A worker takes its requests in order, so the one it died on is known; when that was a group's extraction,
+A worker has one request at a time, so the one it died on is known; when that was a group's extraction,
 its messages are extracted again one by one (``probe``) to find the one that kills, which is refused
 naming its offset, and the group goes on without it: a poison message never stops training.
 
@@ -189,8 +189,12 @@ class _Blocks:
 
 
 class _Process:
-    """One worker process, the requests it has not answered yet (oldest first: the one it dies on is the
-    first), and a thread writing its requests so that the collector never waits on a pipe."""
+    """One worker process, its requests, and a thread writing them so that the collector never waits on a pipe.
+
+    A worker has one request at a time (``working``: the one it dies on, if it dies); the others wait here.
+    An ``urgent`` one (a group's layout, once its extraction is done) goes first: it is what the trainer
+    waits for, while an extraction only feeds the queue.
+    """
 
     def __init__(self, arguments: list[str]):
         requests_read, self._requests_write = os.pipe()
@@ -205,14 +209,26 @@ class _Process:
         os.close(answers_write)
         self.answers = Connection(self._answers_read, writable=False)
         self._requests = Connection(self._requests_write, readable=False)
-        self.unanswered: deque[tuple[int, str]] = deque()  # (task, op) of each request sent, in order
+        self.working: tuple[int, str] | None = None  # (task, op) of the request sent and not yet answered
+        self._waiting: tuple[deque, deque] = deque(), deque()  # urgent, then the others; each in order
         self._outbox: queue.Queue = queue.Queue()
         self._writer = threading.Thread(target=self._write, name=f"hepstream-prepare-{self.process.pid}", daemon=True)
         self._writer.start()
 
-    def post(self, header: dict, parts: list[bytes]) -> None:
-        self.unanswered.append((header["task"], header["op"]))
-        self._outbox.put((header, parts))
+    def post(self, header: dict, parts: list[bytes], urgent: bool = False) -> None:
+        self._waiting[0 if urgent else 1].append((header, parts))
+        if self.working is None:
+            self.next()
+
+    def next(self) -> None:
+        """The worker answered (or is new): send it the next request waiting, if any."""
+        self.working = None
+        for waiting in self._waiting:
+            if waiting:
+                header, parts = waiting.popleft()
+                self.working = (header["task"], header["op"])
+                self._outbox.put((header, parts))
+                return
 
     def _write(self) -> None:
         while (message := self._outbox.get()) is not None:
@@ -369,8 +385,8 @@ class PreparePool:
                             if self._readied >= self._workers:
                                 self._ready.set()
                             continue
-                        process.unanswered.popleft()
                         self._answered(header, parts)
+                        process.next()
         finally:
             with self._lock:
                 for process in self._processes:
@@ -403,7 +419,7 @@ class PreparePool:
             self._processes[self._processes.index(dead)] = process
             log.warning("preparation worker %d ended (%s); started %d instead", dead.process.pid, how,
                         process.process.pid)
-            culprit = dead.unanswered[0] if dead.unanswered else None
+            culprit = dead.working
             for task in [t for t in self._tasks.values() if t.worker is dead]:
                 if culprit is not None and culprit[0] == task.id:
                     self._blame(task, culprit[1], process, how)
@@ -497,7 +513,7 @@ class PreparePool:
         task.layout = ({"op": "layout", "task": task.id, "keep": [place for place, _, _ in kept], "block": name,
                         "weights": weights}, [normalised, order.tobytes()])
         task.step = Step(verdicts, Group(rows.x, rows.labels, rows.weights, state))
-        task.worker.post(*task.layout)
+        task.worker.post(*task.layout, urgent=True)
 
 
 def _where(records: list) -> str:
