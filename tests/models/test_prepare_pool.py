@@ -147,7 +147,8 @@ def _worker_pids(trainer_pid: int) -> list[int]:
 def test_a_trainer_killed_by_sigkill_leaves_no_worker_and_no_block(broker, unique_topic, tmp_path):
     config = pipeline_config(unique_topic, labelled_pair(tmp_path, 3000, 3000, seed=4), tmp_path / "store",
                              producer={"max_chunk_events": 100},
-                             training={"prepare_workers": 2, "chunks_per_step": 2, "group_wait_s": 0.0})
+                             training={"prepare_workers": 2, "chunks_per_step": 2, "group_wait_s": 0.0,
+                                       "epochs": 1000})  # work until killed, once the workers are ready too
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     produce(config, broker.bootstrap)
@@ -156,7 +157,8 @@ def test_a_trainer_killed_by_sigkill_leaves_no_worker_and_no_block(broker, uniqu
     try:
         poll_until(ModelStore(config.store.path, config.model.name).latest, timeout_s=120, what="no checkpoint")
         workers = poll_until(lambda: _worker_pids(trainer.pid), timeout_s=10, what="no preparation worker")
-        assert len(workers) == 2 and block_names_of(trainer.pid)  # it learns from blocks named after it
+        poll_until(lambda: block_names_of(trainer.pid), timeout_s=60, what="no block named after the trainer")
+        assert len(workers) == 2
     finally:
         trainer.kill()
         trainer.wait()
