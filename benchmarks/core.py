@@ -4,10 +4,11 @@ What a GPU adds to online training is measured on the GPU node itself, where
 no broker or Ray may run: NanoAOD-like events are generated there and encoded
 as Kafka records of wire messages in memory, which a :class:`StreamTrainer`
 learns with its own methods, as :meth:`StreamTrainer.run` does once records
-are polled: ``prepare_messages`` (decode, check, extract features, lay out a
-shuffled group of ``chunks_per_step`` messages) in a second thread, as
-:mod:`hepstream.models.read_ahead` does, while ``learn_step`` runs the
-test-then-train step on the previous group. Each run is also measured on the
+are polled: each group of ``chunks_per_step`` messages is submitted from a
+second thread, as :mod:`hepstream.models.read_ahead` does, to the trainer's
+preparation (decode, check, extract features, lay out a shuffled group: the
+pool of ``training.prepare_workers`` processes, :mod:`hepstream.models.prepare_pool`),
+while ``learn_step`` runs the test-then-train step on the groups in order. Each run is also measured on the
 same events as feature matrices already in memory, the ceiling of its device.
 
 A run is one model kind on one device: the CPU with the trainer's default
@@ -16,13 +17,17 @@ single torch thread (``cpu``), the CPU with one thread per core
 replaying captured steps (``cuda_graphs``), at each batch size asked for.
 JSON keys: ``runs`` (one object per run: ``core_events_per_s``,
 ``inmemory_events_per_s``, ``ratio_vs_inmemory``), ``prepare_events_per_s``
-(preparation alone, one thread: the core's ceiling whatever the device), and
+(preparation alone, one thread: the in-thread path's ceiling whatever the device),
+``prepare_events_per_s_by_workers`` (preparation alone in a pool of 1, 2 and, where
+there are the cores, 4, 8 or 16 worker processes), ``prepare_scaling`` (the best
+pool over the pool of one), and
 per model kind ``<kind>_cuda_speedup``: the best CUDA run's core rate over
 the best CPU run's.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -56,8 +61,14 @@ def run(args) -> dict:
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "prepare_events_per_s": _measure_prepare(core_trainer(folder / "prepare", {"device": "cpu"}), groups,
                                                      args.seconds),
+            "prepare_events_per_s_by_workers": {
+                workers: _measure_pool(core_trainer(folder / f"pool-{workers}", {"device": "cpu"}), workers, groups,
+                                       args.seconds)
+                for workers in _pool_sizes()},
             "runs": [],
         }
+        by_workers = result["prepare_events_per_s_by_workers"]
+        result["prepare_scaling"] = round(max(by_workers.values()) / by_workers[1], 2)
         for run_index, (kind, batch_size, (name, settings)) in enumerate(
                 itertools.product(_KINDS, batch_sizes, _devices())):
             trainer = core_trainer(folder / f"run-{run_index}", {**settings, "batch_size": batch_size}, kind)
@@ -134,25 +145,78 @@ def core_trainer(folder: Path, training: dict, kind: str = "mlp", feature_spec=N
 
 
 def learn_records(trainer, groups: list, seconds: float) -> tuple[int, float]:
-    """Learn groups of records as :meth:`StreamTrainer.run` does once they are polled: each group prepared
-    (``prepare_messages``) in a second thread while the previous one learns (``learn_step``). The first
-    group warms up, untimed; stops early after ``seconds``. Returns (events learned, seconds)."""
-    trainer.learn_messages(groups[0])
-    known, ahead = set(trainer.position.seen_keys), trainer.learner.read_ahead()
-    return run_for(_learned_with_read_ahead(trainer, groups[1:], known, ahead), seconds)
+    """Learn groups of records as :meth:`StreamTrainer.run` does once they are polled: each group submitted
+    to the trainer's preparation from a second thread while earlier ones learn (``learn_step``), in order.
+    The first group warms up, untimed; stops early after ``seconds``. Returns (events learned, seconds)."""
+    from hepstream.models.prepare_pool import Pending
+
+    preparer = trainer.preparation()
+    preparer.wait_ready()  # untimed, as the first group: the workers start, the allocator and kernels warm up
+    first = preparer.submit(groups[0])
+    trainer.learn_step(first.result(None) if isinstance(first, Pending) else first)
+    return run_for(_learned_with_read_ahead(trainer, groups[1:], preparer), seconds)
 
 
-def _learned_with_read_ahead(trainer, groups: list, known: set[str], ahead):
-    """Learn each group while the next one is prepared in a second thread; yields the events of each step."""
-    with ThreadPoolExecutor(1, thread_name_prefix="bench-read-ahead") as reader:
-        pending = reader.submit(trainer.prepare_messages, groups[0], known, ahead)
-        for following in [*groups[1:], None]:
-            step = pending.result()
-            known.update(step.keys)
-            if following is not None:
-                pending = reader.submit(trainer.prepare_messages, following, known, ahead)
+def _learned_with_read_ahead(trainer, groups: list, preparer):
+    """Learn each group while the next ones are prepared; yields the events of each step."""
+    try:
+        for step in _prepared(preparer, groups):
             trainer.learn_step(step)
             yield len(step.group.labels)
+    finally:
+        preparer.close()
+
+
+def _prepared(preparer, groups):
+    """The groups' steps in order, ``preparer.depth`` groups submitted ahead from a thread of its own; a None
+    among ``groups`` ends an epoch there (``preparer.rewind()``, in submission order)."""
+    from hepstream.models.prepare_pool import Pending
+
+    groups = iter(groups)
+
+    def submit(group):
+        if group is None:
+            preparer.rewind()
+            group = next(groups)
+        return preparer.submit(group)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="bench-read-ahead") as reader:
+        submitted = collections.deque(reader.submit(submit, group) for group in itertools.islice(groups, preparer.depth))
+        while submitted:
+            item = submitted.popleft().result()
+            following = next(groups, _END)
+            if following is not _END:
+                submitted.append(reader.submit(submit, following))
+            yield item.result(None) if isinstance(item, Pending) else item
+
+
+_END = object()
+
+
+def _epochs(groups: list):
+    """The groups again and again, each pass an epoch (None between passes), so no chunk is a duplicate."""
+    while True:
+        yield from groups
+        yield None
+
+
+def _pool_sizes() -> list[int]:
+    cores = os.cpu_count() or 1
+    return [1, 2, *(n for n in (4, 8, 16) if n <= cores)]
+
+
+def _measure_pool(trainer, workers: int, groups, seconds: float) -> float:
+    """Preparation alone in a pool of ``workers`` processes, for ``seconds`` of epochs over ``groups``, after
+    one untimed group per worker (each worker started and warmed up)."""
+    pool = trainer.preparation(workers)
+    try:
+        pool.wait_ready()
+        for _ in _prepared(pool, groups[:workers]):
+            pass
+        pool.rewind()
+        return rate(*run_for((len(step.group.labels) for step in _prepared(pool, _epochs(groups))), seconds))
+    finally:
+        pool.close()
 
 
 def _measure_prepare(trainer, groups, seconds: float) -> float:

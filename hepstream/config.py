@@ -263,6 +263,9 @@ class TrainingConfig(_Section):
     metrics_window: int = Field(default=20_000, ge=100, description="Events in the sliding window of running metrics")
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="numpy's generators take no negative seed")
     threads: Count = Field(default=1, description="torch intra-op threads of one trainer")
+    prepare_workers: NonNegativeInt | None = Field(
+        default=None, description="Processes preparing messages (decode, check, features) beside the training "
+        "step; 0: the read-ahead thread prepares; unset: the cores this process may use minus one, at least 1")
     mixed_precision: bool = Field(default=False, description="bfloat16 autocast (CPU) or float16 with loss scaling (CUDA)")
     cuda_graphs: bool = Field(default=False, description="On CUDA, replay each full minibatch's step as a captured "
                               "CUDA graph (full precision, models without dropout or batch norm); ignored elsewhere")

@@ -38,8 +38,13 @@ ERROR_LINES = 8
 _PR_SET_PDEATHSIG = 1
 
 
-def _terminate_with_parent() -> None:
-    """In the child, before it runs: SIGTERM when the supervisor dies, even by SIGKILL (Linux)."""
+def terminate_with_parent() -> None:
+    """SIGTERM to this process when its parent dies, even by SIGKILL (Linux): called in a child before it runs
+    (here), or first thing by a child that must not outlive its parent (a preparation worker).
+
+    Linux sends it when the *thread* that started the child ends, so a parent starts such children from a
+    thread that lives as long as they should.
+    """
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
@@ -108,7 +113,7 @@ class Stage:
         with open(self.log, "ab") as log, open(self.output, "wb") as output:
             self._popen = subprocess.Popen(self.spec.argv, stdin=subprocess.DEVNULL, stdout=output, stderr=log,
                                            env=self.env, start_new_session=True,
-                                           preexec_fn=_terminate_with_parent if sys.platform == "linux" else None)
+                                           preexec_fn=terminate_with_parent if sys.platform == "linux" else None)
         self.started = time.time()
         self.state = "running"
         self.restart_at = None

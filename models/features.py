@@ -226,6 +226,7 @@ class Extracted(NamedTuple):
     events: int
     flat: list[np.ndarray]
     collections: list[Objects]
+    jagged_inputs: frozenset[str] = frozenset()  # branches found jagged, for the state of a pipeline elsewhere
 
 
 class RunningMoments:
@@ -236,18 +237,18 @@ class RunningMoments:
         self.mean = np.zeros(width, dtype=np.float64)
         self.m2 = np.zeros(width, dtype=np.float64)
 
-    def merge(self, count: np.ndarray, shifted_sum: np.ndarray, shifted_squares: np.ndarray) -> None:
-        """Absorb a batch given per column its count and the sums of ``v - self.mean`` and of its square.
+    def merge(self, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Absorb a batch given per column its count, mean and sum of squared deviations from that mean.
 
-        Sums are taken around the current mean, so the variance loses no precision to cancellation.
+        Each batch's moments are taken around its own mean, so they need no state of the running ones: a
+        preparation worker computes them alone (:mod:`~hepstream.models.prepare_pool`), and merging them in
+        message order gives the same statistics, bit for bit, wherever they were computed.
         """
-        safe = np.maximum(count, 1.0)
-        delta = shifted_sum / safe  # batch mean minus current mean
-        batch_m2 = np.maximum(shifted_squares - shifted_sum * delta, 0.0)
         total = self.count + count
         weight = np.divide(count, total, out=np.zeros_like(total), where=total > 0)
+        delta = mean - self.mean
         self.mean = self.mean + delta * weight
-        self.m2 = self.m2 + batch_m2 + delta**2 * self.count * weight
+        self.m2 = self.m2 + m2 + delta**2 * self.count * weight
         self.count = total
 
     @property
@@ -304,30 +305,42 @@ class FeaturePipeline:
                     source = descending_order(first.offsets, key)[source]
             values = [_checked(name, columns.jagged(name).values)[source] for name in collection.branches]
             collections.append(Objects(target, slot, values))
-        seen = {name for name, value in columns.cache.items() if isinstance(value, Jagged)}
+        seen = frozenset(name for name, value in columns.cache.items() if isinstance(value, Jagged))
+        self.note_jagged(seen)
+        return Extracted(batch.num_rows, flat, collections, seen)
+
+    def note_jagged(self, seen: frozenset[str]) -> None:
+        """Remember branches seen jagged (so a client sends them as lists), also when another process extracted."""
         if not seen <= self._jagged_sources:  # a new set, not an update: the read-ahead thread extracts while
             self._jagged_sources = self._jagged_sources | seen  # the trainer thread may be saving the state
-        return Extracted(batch.num_rows, flat, collections)
 
     def learn(self, extracted: Extracted) -> None:
         """Absorb a training batch into the normalisation statistics (padding slots excluded)."""
+        moments = self.batch_moments(extracted)
+        if moments is not None:
+            self.moments.merge(*moments)
+
+    def batch_moments(self, extracted: Extracted) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Per column the batch's count, mean and squared deviations from that mean (padding slots excluded);
+        None when ``features.normalize`` is off. Reads no statistics, so any process computes them."""
         if not self.spec.normalize:
-            return
+            return None
         width = self.layout.value_columns
-        count, total, squares = np.zeros(width), np.zeros(width), np.zeros(width)
-        centre = self.moments.mean
+        count, mean, m2 = np.zeros(width), np.zeros(width), np.zeros(width)
         for column, values in enumerate(extracted.flat):
-            shifted = values - centre[column]
-            count[column], total[column], squares[column] = len(values), shifted.sum(), shifted @ shifted
+            count[column] = len(values)
+            mean[column] = values.sum(dtype=np.float64) / max(len(values), 1)
+            shifted = values - mean[column]
+            m2[column] = shifted @ shifted
         for objects, (start, _, _, length) in zip(extracted.collections, self.layout.blocks()):
             per_slot = np.bincount(objects.slot, minlength=length)
             for j, values in enumerate(objects.values):
                 cells = slice(start + j * length, start + (j + 1) * length)
-                shifted = values - centre[cells][objects.slot]
                 count[cells] = per_slot
-                total[cells] = np.bincount(objects.slot, shifted, minlength=length)
-                squares[cells] = np.bincount(objects.slot, shifted * shifted, minlength=length)
-        self.moments.merge(count, total, squares)
+                mean[cells] = np.bincount(objects.slot, values, minlength=length) / np.maximum(per_slot, 1)
+                shifted = values - mean[cells][objects.slot]
+                m2[cells] = np.bincount(objects.slot, shifted * shifted, minlength=length)
+        return count, mean, m2
 
     def matrix(self, extracted: Extracted, normalise: bool = True, out: np.ndarray | None = None) -> np.ndarray:
         """The feature matrix: values (standardised when ``normalise`` and configured), padding zero, masks 0/1.

@@ -13,18 +13,10 @@ import pyarrow as pa
 
 from hepstream.config import FeaturesConfig, ModelConfig, TrainingConfig
 from hepstream.models.drift import LossDrift
-from hepstream.models.features import Extracted, FeatureError, FeaturePipeline
+from hepstream.models.features import FeaturePipeline
 from hepstream.models.metrics import PrequentialMetrics
+from hepstream.models.preparation import Prepared, lay_out, prepare_chunk  # noqa: F401 (Prepared: callers import it from here)
 from hepstream.models.registry import build_estimator
-
-
-class Prepared:
-    """One chunk, checked and ready to learn: extracted features, labels and optional weights."""
-
-    __slots__ = ("features", "labels", "weights")
-
-    def __init__(self, features: Extracted, labels: np.ndarray, weights: np.ndarray | None):
-        self.features, self.labels, self.weights = features, labels, weights
 
 
 class Preparation(NamedTuple):
@@ -58,14 +50,7 @@ class Learner:
 
     def prepare(self, batch: pa.RecordBatch, labels: np.ndarray) -> Prepared:
         """Check one batch; raises FeatureError naming the branch at fault (labels included)."""
-        labels = np.asarray(labels)
-        if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
-            raise FeatureError("label", "labels must be whole numbers 0 .. classes-1")
-        labels = labels.astype(np.int64)
-        classes = self.model_config.classes
-        if labels.size and (labels.min() < 0 or labels.max() >= classes):
-            raise FeatureError("label", f"labels must lie in 0 .. {classes - 1}, got {labels.min()} .. {labels.max()}")
-        return Prepared(self.features.extract(batch), labels, self.features.weights(batch))
+        return prepare_chunk(self.features, self.model_config.classes, batch, labels)
 
     def learn_many(self, prepared: list[Prepared]) -> None:
         """Score every prepared chunk first (prequential metrics, drift), then learn from all of them shuffled.
@@ -95,19 +80,9 @@ class Learner:
         features, rng = (self.features, self._rng) if ahead is None else (ahead.features, ahead.rng)
         for chunk in prepared:
             features.learn(chunk.features)
-        x = np.zeros((sum(chunk.features.events for chunk in prepared), features.n_features), np.float32)
-        start = 0
-        for chunk in prepared:  # each chunk's rows written in place: no matrix per chunk to concatenate
-            features.matrix(chunk.features, out=x[start : start + chunk.features.events])
-            start += chunk.features.events
-        y = np.concatenate([chunk.labels for chunk in prepared])
-        weights = None
-        if any(chunk.weights is not None for chunk in prepared):
-            weights = np.concatenate([chunk.weights for chunk in prepared])
-        order = rng.permutation(len(x))  # before scoring too, so the metrics window mixes the chunks
+        order = rng.permutation(sum(chunk.features.events for chunk in prepared))  # so the metrics window mixes
         state = None if ahead is None else {"features": features.state_dict(), "rng": rng.bit_generator.state}
-        # np.take, not x[order]: the same rows, in less time for a group's matrix (docs/training.md).
-        return Group(np.take(x, order, axis=0), y[order], None if weights is None else weights[order], state)
+        return Group(*lay_out(features, prepared, order), state)
 
     def learn_group(self, group: Group) -> None:
         """Score a prepared group (prequential metrics, drift) and learn from it: each event is scored

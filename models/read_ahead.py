@@ -5,8 +5,11 @@ fetching from the broker, decoding Arrow and extracting features are socket
 and numpy work that can run beside it on another core. So one thread reads
 ahead: it owns the Kafka consumer (kafka-python's consumer is not
 thread-safe), polls, forms groups of ``chunks_per_step`` messages (waiting up
-to ``group_wait_s`` for a group to fill), prepares each group and hands it over
-a queue holding at most ``depth`` groups. It also performs what the trainer
+to ``group_wait_s`` for a group to fill), has each group prepared and hands it
+over a queue holding at most the preparer's ``depth`` groups. The preparer
+prepares in this thread (``InThread``) or in worker processes
+(:mod:`~hepstream.models.prepare_pool`), whose :class:`Pending` groups are
+taken in the order they were polled. It also performs what the trainer
 asks of the consumer meanwhile: offset commits and the rewind at the end of an
 epoch.
 
@@ -21,13 +24,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
 from hepstream.kafka import commit
 from hepstream.models.grouping import GroupPoller
+from hepstream.models.prepare_pool import InThread, Pending, PreparePool
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +42,24 @@ class EpochEnd:
 class ReadAhead:
     """Polls, groups and prepares in a thread of its own; :meth:`next` hands the groups over in order.
 
-    ``prepare(records)`` turns a group of records into what the trainer learns;
-    it runs in the reading thread. ``epochs_left`` is how many times the reader
-    may rewind to ``epoch_start`` (partition -> offset) once every partition is
-    read to its end; ``on_rewind`` is called in the reading thread when it does.
+    ``preparer.submit(records)`` turns a group of records into what the trainer
+    learns, or a :class:`Pending` one; it is called in the reading thread, and
+    the reader closes the preparer when it stops. ``epochs_left`` is how many
+    times the reader may rewind to ``epoch_start`` (partition -> offset) once
+    every partition is read to its end; ``preparer.rewind()`` is called in the
+    reading thread when it does.
     """
 
-    def __init__(self, consumer: KafkaConsumer, assigned: list[TopicPartition], prepare: Callable[[list], Any], *,
-                 chunks_per_step: int, group_wait_s: float, epoch_start: dict[int, int], epochs_left: int,
-                 on_rewind: Callable[[], None] = lambda: None, depth: int = 2):
+    def __init__(self, consumer: KafkaConsumer, assigned: list[TopicPartition], preparer: InThread | PreparePool, *,
+                 chunks_per_step: int, group_wait_s: float, epoch_start: dict[int, int], epochs_left: int):
         self.consumer = consumer
         self.assigned = assigned
-        self.prepare = prepare
+        self.preparer = preparer
         self._poller = GroupPoller(consumer, chunks_per_step, group_wait_s)
         self.epoch_start = dict(epoch_start)
         self.epochs_left = epochs_left
-        self.on_rewind = on_rewind
-        self._groups: queue.Queue = queue.Queue(maxsize=depth)
+        self._groups: queue.Queue = queue.Queue(maxsize=preparer.depth)
+        self._head: Any = None  # taken from the queue, still being prepared
         self._leftover: list = []
         self._stop = threading.Event()
         self._commit: tuple[dict, int | None] | None = None
@@ -71,12 +75,17 @@ class ReadAhead:
 
         Raises what the reading thread failed with, so a broken consumer stops the trainer.
         """
-        try:
-            return self._groups.get(timeout=timeout_s)
-        except queue.Empty:
-            if self._failure is not None:
-                raise RuntimeError(f"reading from Kafka failed: {self._failure}") from self._failure
-            return None
+        if self._head is None:
+            try:
+                self._head = self._groups.get(timeout=timeout_s)
+            except queue.Empty:
+                if self._failure is not None:
+                    raise RuntimeError(f"reading from Kafka failed: {self._failure}") from self._failure
+                return None
+        item = self._head.result(timeout_s) if isinstance(self._head, Pending) else self._head
+        if item is not None:
+            self._head = None
+        return item
 
     @property
     def idle(self) -> bool:
@@ -90,16 +99,20 @@ class ReadAhead:
             self._commit = (request, checkpoint)
 
     def stop(self) -> list:
-        """Stop reading and return every group prepared but not yet handed over, in order.
+        """Stop reading, wait for the groups submitted, close the preparer, and return every group prepared but
+        not yet handed over, in order.
 
         Afterwards the caller owns the consumer again.
         """
         self._stop.set()
         self._thread.join()
-        left = []
+        left = [] if self._head is None else [self._head]
         while not self._groups.empty():
             left.append(self._groups.get_nowait())
-        return left + self._leftover
+        try:
+            return [item.result(None) if isinstance(item, Pending) else item for item in left + self._leftover]
+        finally:
+            self.preparer.close()
 
     def _run(self) -> None:
         try:
@@ -113,11 +126,11 @@ class ReadAhead:
             self._commit_requested()
             group = self._poller.poll()
             if group is not None:
-                self._hand_over(self.prepare(group))
+                self._hand_over(self.preparer.submit(group))
             elif self._poller.idle:
                 self._rewind_if_epoch_done()
         if self._poller.pending:
-            self._leftover.append(self.prepare(self._poller.take()))
+            self._leftover.append(self.preparer.submit(self._poller.take()))
         self._commit_requested()
 
     def _hand_over(self, item: Any) -> None:
@@ -143,7 +156,7 @@ class ReadAhead:
         if any(self.consumer.position(tp) < ends[tp] for tp in self.assigned):
             return
         self.epochs_left -= 1
-        self.on_rewind()
+        self.preparer.rewind()
         self._hand_over(EpochEnd())
         for tp in self.assigned:
             self.consumer.seek(tp, self.epoch_start.get(tp.partition, 0))

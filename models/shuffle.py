@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hepstream.models.learner import Prepared
+from hepstream.models.preparation import class_counts, weighted
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,19 @@ class ClassWeights:
     def weigh(self, chunks: list[Prepared]) -> list[Prepared]:
         if self.mode == "none" or not chunks:
             return chunks
-        for chunk in chunks:
-            self.counts += np.bincount(chunk.labels, minlength=len(self.counts))[: len(self.counts)]
+        return weighted(chunks, self.count([class_counts(c.labels, len(self.counts)) for c in chunks]))
+
+    def count(self, counts: list[np.ndarray]) -> np.ndarray:
+        """Add a group's events of each class (one array per chunk); the weight of each class after them.
+
+        The preparation pool calls it with the counts its workers report, in message order, as :meth:`weigh` is.
+        """
+        for chunk_counts in counts:
+            self.counts += chunk_counts
         present = self.counts > 0
         per_class = np.zeros(len(self.counts), np.float32)
         per_class[present] = self.counts.sum() / (present.sum() * self.counts[present])
-        return [Prepared(c.features, c.labels, per_class[c.labels] * (1.0 if c.weights is None else c.weights))
-                for c in chunks]
+        return per_class
 
     def state_dict(self) -> list[int]:
         return self.counts.tolist()

@@ -29,8 +29,6 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -41,79 +39,19 @@ from hepstream.models.checkpoint_health import CheckpointHealth
 from hepstream.models.dead_letter import DeadLetters, dead_letter_topic
 from hepstream.models.gate import Gate
 from hepstream.models.labels import chunk_labels
-from hepstream.models.learner import Group, Learner, Prepared, Preparation
+from hepstream.models.learner import Learner, Preparation
 from hepstream.models.position import Position, Replay
+from hepstream.models.prepare_pool import InThread, PreparePool, preparation
 from hepstream.models.read_ahead import EpochEnd, ReadAhead
 from hepstream.models.shuffle import ClassWeights, ShuffleBuffer, Waiting
 from hepstream.models.store import ModelStore
 from hepstream.models.store_errors import StoreWriteError
 from hepstream.models.trainer_status import TrainerStatus
 from hepstream.models.validation import Reservoir, in_slice, stored_reservoir
+from hepstream.models.verdicts import Duplicate, Held, Ok, Refused, Replayed, Step
 from hepstream.models.version_meta import VersionMeta
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Ok:
-    """A chunk kept for learning, under its key."""
-
-    record: Any  # kafka-python ConsumerRecord
-    key: str
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """A chunk whose key was learned already in this epoch: a producer sent it again."""
-
-    record: Any
-    key: str
-
-
-@dataclass(frozen=True)
-class Replayed:
-    """A record read again after a restart that was dealt with before it (see :class:`Replay`): no count."""
-
-    record: Any
-class Held:
-    """A chunk of the validation slice (:mod:`~hepstream.models.validation`): checked, kept to score versions,
-    never learned."""
-
-    record: Any
-    key: str
-    batch: Any  # pyarrow RecordBatch
-    labels: Any  # numpy int64, one per event
-
-
-@dataclass(frozen=True)
-class Refused:
-    """A message that cannot be used, and why: it goes to the dead-letter topic."""
-
-    record: Any
-    error: Exception
-
-
-Verdict = Ok | Duplicate | Replayed | Held | Refused
-
-
-@dataclass(frozen=True)
-class Step:
-    """A group of messages made ready: a verdict per message, in order, and the prepared features of the
-    chunks kept (None when none was kept), or with a shuffle buffer each kept chunk prepared on its own."""
-
-    verdicts: list[Verdict]
-    group: Group | None
-    chunks: tuple[Prepared, ...] = ()
-
-    @property
-    def keys(self) -> list[str]:
-        """The keys of the chunks kept, in the order of the group's features."""
-        return [v.key for v in self.verdicts if isinstance(v, Ok)]
-
-    @property
-    def consumed_keys(self) -> list[str]:
-        """The keys of the chunks kept or held for validation: sent again, either is a duplicate."""
-        return [v.key for v in self.verdicts if isinstance(v, (Ok, Held))]
 
 
 def use_compute_threads(threads: int) -> None:
@@ -402,23 +340,17 @@ class StreamTrainer:
         is read and prepared while this one trains (:mod:`~hepstream.models.read_ahead`).
         """
         training = self.config.training
-        consumer = self.consumer()
+        preparer = self.preparation()  # its workers start while the consumer connects
+        try:
+            consumer = self.consumer()
+        except BaseException:
+            preparer.close()
+            raise
         try:
             assigned = self.assign(consumer, stop, topic_wait_s)
-            known, ahead, replay = set(self.position.seen_keys), self.learner.read_ahead(), self.replay
-
-            def prepare(messages) -> Step:  # in the read-ahead thread
-                step = self.prepare_messages(messages, known, ahead, replay)
-                known.update(step.consumed_keys)
-                return step
-
-            def rewound() -> None:  # in the read-ahead thread: a new epoch reads every record again
-                known.clear()
-                replay.clear()
-
-            reader = ReadAhead(consumer, assigned, prepare, chunks_per_step=training.chunks_per_step,
+            reader = ReadAhead(consumer, assigned, preparer, chunks_per_step=training.chunks_per_step,
                                group_wait_s=training.group_wait_s, epoch_start=self.position.epoch_start,
-                               epochs_left=training.epochs - 1 - self.epoch, on_rewind=rewound)
+                               epochs_left=training.epochs - 1 - self.epoch)
             reader.start()
             try:
                 while not stop.is_set():
@@ -439,9 +371,22 @@ class StreamTrainer:
             if self._dirty:
                 self.checkpoint(consumer)
         finally:
+            preparer.close()  # closed already by the reader's stop, unless the topic never came
             consumer.close()
             if self.dead_letters is not None:
                 self.dead_letters.close()
+
+    def preparation(self, workers: int | None = None) -> InThread | PreparePool:
+        """How :meth:`run` prepares groups from here: on the keys learned in this epoch and a read-ahead copy
+        of the normaliser and shuffle, in ``training.prepare_workers`` processes (or ``workers``, when given)."""
+        known, ahead, replay = set(self.position.seen_keys), self.learner.read_ahead(), self.replay
+
+        def prepare(messages) -> Step:  # in the read-ahead thread
+            step = self.prepare_messages(messages, known, ahead, replay)
+            known.update(step.consumed_keys)
+            return step
+
+        return preparation(self.config, known, ahead, prepare, replay, self.class_weights, workers)
 
     def _learn_group(self, group: Step | EpochEnd) -> None:
         if isinstance(group, EpochEnd):

@@ -65,7 +65,10 @@ def test_any_error_preparing_one_message_refuses_that_message_alone_now_and_afte
 
     monkeypatch.setattr(Learner, "prepare", explodes_on_the_odd_chunk)
     for store in ("store", "store-again"):  # a fresh store reads the topic from its start: the same offset again
-        trainer = StreamTrainer(pipeline_config(unique_topic, files, tmp_path / store), broker.bootstrap)
+        # The patch reaches this process only: the trainer's own thread prepares here, and the workers' same
+        # rule is tested in tests/models/test_prepare_pool.py.
+        trainer = StreamTrainer(pipeline_config(unique_topic, files, tmp_path / store, training={"prepare_workers": 0}),
+                                broker.bootstrap)
         _train_until(trainer, lambda t: t.counters["events_trained"] >= 2000 and t.counters["bad_messages"] >= 1)
         assert trainer.counters["events_trained"] == 2000 and trainer.counters["bad_messages"] == 1
     dead = read_topic(broker.bootstrap, f"{config.dataset.name}.dead-letter")
