@@ -371,6 +371,8 @@ class ScalingConfig(_Section):
     replicas: Count = Field(default=1, description="Ray Serve replicas, when autoscaling is unset")
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: Count = Field(default=64, description="Requests one replica accepts at once")
+    max_replicas_per_node: Count | None = Field(default=None, description="Most replicas Ray Serve places on one "
+                                                "node, so that losing a node loses at most this many; unset: no limit")
 
     @model_validator(mode="after")
     def _replicas_or_autoscaling(self) -> ScalingConfig:

@@ -2,7 +2,8 @@
 
 One app serves one model, kept current by a :class:`ModelWatcher` that the
 app's lifespan starts and stops, so every server that runs ASGI lifespan
-(uvicorn, Ray Serve) gets hot swap the same way. This module does not import
+(uvicorn, Ray Serve) gets hot swap the same way. The lifespan loads the
+newest version before the server takes requests. This module does not import
 Ray: the baseline and its tests start in one second, not three.
 
 The app speaks three protocols over one scoring core (``scoring.py``): the
@@ -19,6 +20,7 @@ request's events, name the version in ``X-Model-Version``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -70,6 +72,10 @@ def create_app(store: ModelStore, *, model_name: str, settings: ServeConfig = Se
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # Servers route to an app once its lifespan has started (Ray Serve counts the replica running then): the
+        # newest version is loaded first, so a replica started beside serving ones (the replacement of one lost
+        # with its node, a scale-up) does not answer 503 "no version loaded" while they answer with scores.
+        await asyncio.to_thread(watcher.poll)
         watcher.start()
         try:
             yield

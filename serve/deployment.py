@@ -236,6 +236,8 @@ def bind_server(open_store: Callable[[], ModelStore], model_name: str, settings:
     """The deployment with the replicas, autoscaling and concurrency the settings ask for."""
     scaling = settings.scaling
     options: dict[str, Any] = {"max_ongoing_requests": scaling.max_ongoing_requests}
+    if scaling.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = scaling.max_replicas_per_node
     if scaling.autoscaling is not None:
         options["autoscaling_config"] = scaling.autoscaling.model_dump()
     else:

@@ -129,7 +129,7 @@ class RayCluster:
         """What a client needs in its environment to be let in: the auth mode and the token."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
-    def _start(self, name: str, options: list[str]) -> RayNode:
+    def _start(self, name: str, options: list[str], environment: dict[str, str] | None = None) -> RayNode:
         temp_dir = self.root / name
         temp_dir.mkdir(parents=True, exist_ok=True)
         log = self.root / f"{name}.log"
@@ -142,7 +142,7 @@ class RayCluster:
                    "--metrics-export-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
                    "--min-worker-port", str(first_worker_port),
                    "--max-worker-port", str(first_worker_port + WORKER_PORTS - 1), *options]
-        env = {**os.environ, **self.client_env()}
+        env = {**os.environ, **self.client_env(), **(environment or {})}
         env.pop("RAY_ADDRESS", None)
         with log.open("w") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -156,9 +156,10 @@ class RayCluster:
         self._wait(self._jobs_answer, f"the Ray head's job server on {self.dashboard_url} answering", self.head)
         return self
 
-    def add_worker(self, options: list[str] = ()) -> RayNode:
-        """One more node joining the head; ``options`` go to its ``ray start`` (say ``--resources``)."""
-        node = self._start(f"worker-{len(self.workers) + 1}", ["--address", self.address, *options])
+    def add_worker(self, options: list[str] = (), environment: dict[str, str] | None = None) -> RayNode:
+        """One more node joining the head; ``options`` go to its ``ray start`` (say ``--resources``), and
+        ``environment`` to its processes' environment (settings Ray and Serve read there)."""
+        node = self._start(f"worker-{len(self.workers) + 1}", ["--address", self.address, *options], environment)
         self.workers.append(node)
         self._wait(lambda: self.alive_nodes() == 1 + len(self.workers), f"{node.temp_dir.name} joining", node)
         return node

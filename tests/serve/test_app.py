@@ -51,6 +51,14 @@ def test_before_any_version_only_liveness_is_200(server):
         "models": [{"name": "demo", "version": None, "ready": False}]}
 
 
+def test_an_app_started_over_a_published_version_answers_with_it_from_its_first_request(store, standins):
+    # As a replica started beside serving ones (a lost node's replacement): no 503 while the version loads.
+    store.publish(1, weight=0.5, load_delay_s=0.3)
+    with standins.ServedApp(create_app(store, model_name="demo", settings=standins.quick_settings())) as served:
+        answer = predict(served, {"events": EVENTS})
+    assert (answer.status_code, answer.json()["scores"]) == (200, expected(standins, 0.5))
+
+
 def test_scores_come_from_the_newest_version_and_name_it(server, store, standins):
     store.publish(1, weight=0.5)
     wait_version(server, standins, 1)
