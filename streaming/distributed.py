@@ -42,7 +42,7 @@ from collections import deque
 
 from hepstream.config import Config, ConfigError, FileSpec
 from hepstream.local_ray import init_ray
-from hepstream.streaming.interleave import classes, merged_order
+from hepstream.streaming.interleave import classes
 from hepstream.streaming.producer import (FileReport, ProduceReport, Producer, prepare, read_plan,
                                           tune_malloc_for_chunks)
 from hepstream.streaming.progress import Progress
@@ -122,24 +122,29 @@ def produce_on_ray(config: Config, bootstrap: str, files: list[FileSpec] | None 
 def work_units(config: Config, sources: list[Source]) -> list[list[tuple[int, Source]]]:
     """What actors are handed: one file at a time, or, when the run mixes classes, one share per actor.
 
-    Mixing needs files of every class open in one process, so the files are
-    merged class by class (:func:`~hepstream.streaming.interleave.merged_order`)
-    and dealt round-robin into ``ray_tasks`` shares, each holding every class
-    in about its proportion; each actor interleaves its share's chunks.
-    Shares are fixed in advance, so a share of large files finishes last.
+    Mixing needs files of every class open in one process, so each class's
+    files are dealt round-robin into ``ray_tasks`` shares, the count running on
+    from class to class: each share holds every class that has a file for it,
+    in about its proportion, and the shares differ by one file at most. Each
+    actor interleaves its share's chunks. Shares are fixed in advance, so a
+    share of large files finishes last.
 
     >>> from hepstream.config import config_from_dict
     >>> config = config_from_dict({"dataset": {"name": "d"}, "producer": {"ray_tasks": 2}})
     >>> files = [Source(f"s{i}", "t", 1) for i in range(2)] + [Source(f"b{i}", "t", 0) for i in range(4)]
     >>> [[s.url for _, s in unit] for unit in work_units(config, files)]
-    [['b0', 'b1', 's1'], ['s0', 'b2', 'b3']]
+    [['s0', 'b0', 'b2'], ['s1', 'b1', 'b3']]
+    >>> [[s.url for _, s in unit] for unit in work_units(config, files[1:4])]  # one signal file: one share lacks it
+    [['s1', 'b1'], ['b0']]
     """
     items = list(enumerate(sources))
     producer = config.producer
     if not (producer.interleave and len(groups := classes(items)) > 1):
         return [[item] for item in items]
-    merged = merged_order(groups)
-    return [share for share in (merged[t::producer.ray_tasks] for t in range(producer.ray_tasks)) if share]
+    shares: list[list[tuple[int, Source]]] = [[] for _ in range(producer.ray_tasks)]
+    for dealt, item in enumerate(item for group in groups for item in group):
+        shares[dealt % producer.ray_tasks].append(item)
+    return [share for share in shares if share]
 
 
 def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: ProduceReport, progress: Progress) -> None:

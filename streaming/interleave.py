@@ -65,16 +65,6 @@ def open_per_class(files_in_flight: int, n_classes: int) -> int:
     return max(1, files_in_flight // max(1, n_classes))
 
 
-def merged_order(groups: list[list[T]]) -> list[T]:
-    """The groups' items merged so that each group is spread evenly over the result, each in its own order.
-
-    >>> merged_order([["s1"], ["b1", "b2", "b3"]])
-    ['b1', 's1', 'b2', 'b3']
-    """
-    placed = [((i + 0.5) / len(group), g, item) for g, group in enumerate(groups) for i, item in enumerate(group)]
-    return [item for *_, item in sorted(placed, key=lambda p: p[:2])]
-
-
 class _Class(Generic[T, P]):
     """One class's files: those waiting, those open (taking turns), and its entries done and known."""
 
