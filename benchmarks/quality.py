@@ -27,6 +27,7 @@ to build its parser.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import threading
 import time
@@ -39,12 +40,15 @@ PROCESSES = ("signal", "background")  # the order files are written and publishe
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--events", type=int, default=30_000, help="events per file (default 30000)")
+    parser.add_argument("--events", type=int, default=75_000, help="events per file (default 75000)")
     parser.add_argument("--signal-files", type=int, default=2, help="signal files, published first (default 2)")
     parser.add_argument("--background-files", type=int, default=2, help="background files, then (default 2)")
     parser.add_argument("--holdout", type=int, default=5_000, help="held-out events per class (default 5000)")
     parser.add_argument("--max-regression", type=float, default=0.01, help="serve.max_regression of the gated run")
     parser.add_argument("--validation-fraction", type=float, default=0.05, help="training.validation_fraction")
+    parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
+                        help="producer.interleave (default on); --no-interleave publishes the files label-ordered, "
+                             "to show what the gate alone prevents")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -71,7 +75,8 @@ def run(args) -> dict:
             ray.shutdown()
     return {**gated, "gate_off": ungated, "events": len(files) * args.events, "holdout_events": 2 * args.holdout,
             "order": "label-ordered: every signal file, then every background file",
-            "validation_fraction": args.validation_fraction, "seconds": round(time.monotonic() - started, 1)}
+            "validation_fraction": args.validation_fraction, "interleave": args.interleave,
+            "seconds": round(time.monotonic() - started, 1)}
 
 
 def _holdout(folder: Path, events: int, seed: int):
@@ -97,7 +102,8 @@ def _config(folder: Path, name: str, files: list, max_regression: float | None, 
     return config_from_dict({
         "dataset": {"name": name, "files": [{"url": str(path), "label": label} for path, label in files]},
         "kafka": {"partitions": 4},
-        "producer": {"ray_tasks": 2, "files_in_flight": 1, "max_chunk_events": 1_000, "step_size": "1 MB",
+        "producer": {"ray_tasks": 2, "files_in_flight": 1, "interleave": args.interleave,
+                     "max_chunk_events": 1_000, "step_size": "1 MB",
                      "manifest": str(folder / f"{name}.manifest.jsonl")},
         "features": features().model_dump(mode="json"),
         "model": {"name": name},
