@@ -7,7 +7,8 @@ FastAPI app of ``hepstream.serve`` follows the store on uvicorn, and a client
 scores held-out events (files of each class never published) **through HTTP**
 over and over, so every version swapped in is scored.
 
-Keys, per run (the gate on at top level, ``gate_off`` with
+Keys, per run (the gate on at top level, with ``serve.promote_unjudged:
+false`` unless ``--promote-unjudged``; ``gate_off`` with
 ``serve.max_regression: null``):
 
 * ``best_holdout_auc``: the best held-out AUC of any published version (scored
@@ -46,6 +47,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--holdout", type=int, default=5_000, help="held-out events per class (default 5000)")
     parser.add_argument("--max-regression", type=float, default=0.01, help="serve.max_regression of the gated run")
     parser.add_argument("--validation-fraction", type=float, default=0.05, help="training.validation_fraction")
+    parser.add_argument("--promote-unjudged", action=argparse.BooleanOptionalAction, default=False,
+                        help="serve.promote_unjudged of the gated run (default off: the first version served is one "
+                             "the validation slice judged)")
     parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
                         help="producer.interleave (default on); --no-interleave publishes the files label-ordered, "
                              "to show what the gate alone prevents")
@@ -76,6 +80,7 @@ def run(args) -> dict:
     return {**gated, "gate_off": ungated, "events": len(files) * args.events, "holdout_events": 2 * args.holdout,
             "order": "label-ordered: every signal file, then every background file",
             "validation_fraction": args.validation_fraction, "interleave": args.interleave,
+            "promote_unjudged": args.promote_unjudged,
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -111,7 +116,7 @@ def _config(folder: Path, name: str, files: list, max_regression: float | None, 
         "training": {"workers": 2, "checkpoint_every_s": 0.5, "chunks_per_step": 2, "device": "cpu",
                      "validation_fraction": args.validation_fraction},
         "store": {"path": str(folder / "store"), "keep": 100_000},  # every version kept, to score each one
-        "serve": {"max_regression": max_regression},
+        "serve": {"max_regression": max_regression, "promote_unjudged": args.promote_unjudged},
     })
 
 
@@ -190,8 +195,7 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
     offline = {v: roc_auc(store.load(v).predict(batch), labels) for v in metas}
     best = max(offline, key=offline.get)
     served = sorted(scorer.served.items())
-    judged = next((v for v, m in metas.items() if m.promoted and (m.promotion_reason or "").startswith(
-        "validation AUC")), None)
+    judged = next((v for v, m in metas.items() if m.promoted and "validation AUC" in (m.promotion_reason or "")), None)
     after_judged = [auc for v, auc in served if judged is not None and v >= judged]
     return {
         "best_holdout_auc": round(offline[best], 4), "best_version": best,

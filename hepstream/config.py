@@ -442,6 +442,9 @@ class ServeConfig(_Section):
     max_regression: float | None = Field(default=0.01, ge=0, le=1, description="A version is served only when its "
                                          "validation AUC is at most this much below the served version's on the same "
                                          "events; null: every version is served (no gate)")
+    promote_unjudged: bool = Field(default=True, description="Whether a version the validation slice cannot judge yet "
+                                   "(fewer than 50 events of some class) is served; false: nothing is served until "
+                                   "the slice judges a version, so the first one served is judged too")
 
     @model_validator(mode="before")
     @classmethod
@@ -544,6 +547,15 @@ class Config(_Section):
         if self.training.epochs > 1:
             raise KeyedError("training.epochs", f"is {self.training.epochs}, but training.workers > 1 follows the "
                              "live stream only: set training.epochs: 1")
+        return self
+
+    @model_validator(mode="after")
+    def _something_can_be_judged(self) -> Config:
+        if not self.serve.promote_unjudged and self.serve.max_regression is not None and \
+                not self.training.validation_fraction:
+            raise KeyedError("serve.promote_unjudged", "is false, but training.validation_fraction is 0: no version "
+                             "could ever be judged, so none would be served; set a validation_fraction, or "
+                             "promote_unjudged: true")
         return self
 
 

@@ -9,11 +9,13 @@ load. The comparison is paired: both see the same events, so the noise of a
 small slice mostly cancels. The rule (:func:`decide`):
 
 - ``serve.max_regression: null`` turns the gate off: every version is promoted;
-- nothing promoted yet: the version is promoted (a server with no model answers
-  503, and there is nothing better to keep);
 - the slice cannot judge yet (fewer than :data:`MIN_EVENTS_PER_CLASS` events of
   some class, always so with ``training.validation_fraction: 0``): promoted,
-  and the reason says it was not judged;
+  and the reason says it was not judged; with ``serve.promote_unjudged:
+  false``, held back instead, so that the first version served is a judged one
+  (until then the server answers 503, its versions' reasons say why);
+- nothing promoted yet: the version is promoted (a server with no model answers
+  503, and there is nothing better to keep);
 - otherwise promoted when its AUC is at most ``serve.max_regression`` below
   the served version's, else rejected with both figures in the reason.
 
@@ -44,7 +46,8 @@ class Decision:
 
 
 def decide(candidate: dict | None, served: dict | None, served_version: int | None,
-           max_regression: float | None, min_events: int = MIN_EVENTS_PER_CLASS) -> Decision:
+           max_regression: float | None, min_events: int = MIN_EVENTS_PER_CLASS,
+           promote_unjudged: bool = True) -> Decision:
     """Whether a version with validation figures ``candidate`` may replace ``served_version`` (figures ``served``
     on the same events); both figure dicts as :func:`~hepstream.models.validation.score` makes them.
 
@@ -54,18 +57,30 @@ def decide(candidate: dict | None, served: dict | None, served_version: int | No
     True
     >>> decide(None, None, None, 0.01).reason
     'first version: nothing is served yet'
+    >>> decide({"auc": 0.7, "per_class": {"1": 99}}, None, None, 0.01, promote_unjudged=False).promoted
+    False
+    >>> decide({"auc": 0.7, "per_class": {"0": 99, "1": 99}}, None, None, 0.01, promote_unjudged=False).reason
+    'first version judged: validation AUC 0.7000 on 198 events'
     """
     if max_regression is None:
         return Decision(True, "gate off (serve.max_regression: null)")
-    if served_version is None:
-        return Decision(True, "first version: nothing is served yet")
     counts = (candidate or {}).get("per_class", {})
-    if candidate is None or candidate["auc"] is None or served is None or served["auc"] is None or \
-            len(counts) < 2 or min(counts.values()) < min_events:
-        return Decision(True, f"not judged: the validation slice holds {counts or 'no events'}, fewer than "
-                              f"{min_events} events of some class")
-    drop = served["auc"] - candidate["auc"]
+    judged = candidate is not None and candidate["auc"] is not None and len(counts) >= 2 and \
+        min(counts.values()) >= min_events
     events = sum(counts.values())
+    if not judged:
+        unjudged = (f"the validation slice holds {counts or 'no events'}, fewer than {min_events} events of "
+                    "some class")
+        if not promote_unjudged:
+            return Decision(False, f"held back: {unjudged} (serve.promote_unjudged: false)")
+        if served_version is None:
+            return Decision(True, "first version: nothing is served yet")
+        return Decision(True, f"not judged: {unjudged}")
+    if served_version is None:
+        return Decision(True, f"first version judged: validation AUC {candidate['auc']:.4f} on {events} events")
+    if served is None or served["auc"] is None:
+        return Decision(True, f"not judged: served version {served_version} cannot be scored on the slice")
+    drop = served["auc"] - candidate["auc"]
     if drop > max_regression:
         return Decision(False, f"validation AUC {candidate['auc']:.4f} is {drop:.4f} below served version "
                                f"{served_version}'s {served['auc']:.4f} on the same {events} events "
@@ -77,9 +92,10 @@ def decide(candidate: dict | None, served: dict | None, served_version: int | No
 class Gate:
     """Reviews each version before it is published and remembers the served one, for one model's store."""
 
-    def __init__(self, store: ModelStore, max_regression: float | None, capacity: int):
+    def __init__(self, store: ModelStore, max_regression: float | None, capacity: int, promote_unjudged: bool = True):
         self.store = store
         self.max_regression = max_regression
+        self.promote_unjudged = promote_unjudged
         self.min_events = min(MIN_EVENTS_PER_CLASS, capacity)
         self.served: LoadedModel | None = None
         self.rejected = 0  # in this run, for the trainer's metrics
@@ -108,7 +124,7 @@ class Gate:
         if served is not None and figures is not None:
             theirs = self._served_score(served, reservoir)
         decision = decide(figures, theirs, served.version if served is not None else None, self.max_regression,
-                          self.min_events)
+                          self.min_events, self.promote_unjudged)
         validation = None
         if figures is not None:
             validation = {**figures, "served_version": served.version if served is not None else None,

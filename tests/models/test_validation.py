@@ -87,3 +87,23 @@ ENOUGH = {"per_class": {"0": 500, "1": 500}}
 def test_gate_decisions(candidate, served, version, max_regression, promoted, words):
     decision = decide(candidate, served, version, max_regression)
     assert decision.promoted is promoted and words in decision.reason
+
+
+@pytest.mark.parametrize(("candidate", "version", "promoted", "words"), [
+    ({"auc": 0.60, "per_class": {"1": 500}}, None, False, "held back: the validation slice holds {'1': 500}"),
+    ({"auc": 0.10, "per_class": {"0": 3, "1": 500}}, 4, False, "serve.promote_unjudged: false"),
+    (None, None, False, "held back"),
+    ({"auc": 0.60, **ENOUGH}, None, True, "first version judged: validation AUC 0.6000 on 1000 events"),
+])
+def test_without_unjudged_promotions_the_first_version_served_is_a_judged_one(candidate, version, promoted, words):
+    decision = decide(candidate, {"auc": 0.9}, version, 0.01, promote_unjudged=False)
+    assert decision.promoted is promoted and words in decision.reason
+
+
+def test_holding_back_unjudged_versions_needs_a_slice_that_can_judge():
+    from hepstream.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="serve.promote_unjudged.*validation_fraction is 0"):
+        config_from_dict({"serve": {"promote_unjudged": False}, "training": {"validation_fraction": 0}}, "p.yaml")
+    config = config_from_dict({"serve": {"promote_unjudged": False}}, "p.yaml")
+    assert config.training.validation_fraction == 0.03 and not config.serve.promote_unjudged
