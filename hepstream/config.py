@@ -443,7 +443,7 @@ class ServeConfig(_Section):
                                          "validation AUC is at most this much below the served version's on the same "
                                          "events; null: every version is served (no gate)")
     promote_unjudged: bool = Field(default=True, description="Whether a version the validation slice cannot judge yet "
-                                   "(fewer than 50 events of some class) is served; false: nothing is served until "
+                                   "(fewer than 500 events of some class) is served; false: nothing is served until "
                                    "the slice judges a version, so the first one served is judged too")
 
     @model_validator(mode="before")
