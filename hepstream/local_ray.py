@@ -26,6 +26,7 @@ it is: its nodes must reach each other, and its operator decides what listens.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 SINGLE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -35,8 +36,15 @@ DEFAULTS = {"include_dashboard": False, "logging_level": "WARNING"}
 
 def init_ray(**options: Any) -> None:
     """``ray.init`` with hepstream's defaults (no dashboard, warnings only) and ``options``: joins the cluster
-    ``RAY_ADDRESS`` names, else starts Ray on this machine listening on loopback only."""
+    ``RAY_ADDRESS`` names, else starts Ray on this machine listening on loopback only.
+
+    A driver's ``ray.init`` installs a SIGTERM handler that exits at once; the SIGINT and SIGTERM handlers the
+    command had set (its clean stop) are put back, so a signal during start-up is a clean stop too.
+    """
     import ray
+
+    own = {number: handler for number in (signal.SIGINT, signal.SIGTERM)
+           if callable(handler := signal.getsignal(number)) and handler is not signal.default_int_handler}
 
     if not os.environ.get("RAY_ADDRESS") and "address" not in options:
         os.environ.update(SINGLE_MACHINE)
@@ -49,3 +57,5 @@ def init_ray(**options: Any) -> None:
             os.environ[AUTH_MODE] = "token"
             Config.initialize("")  # what Ray read from the variable at import
     ray.init(**{**DEFAULTS, **options})
+    for number, handler in own.items():
+        signal.signal(number, handler)

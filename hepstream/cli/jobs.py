@@ -71,7 +71,7 @@ class StopSignal(threading.Event):
     received_at: float | None = None
 
     def listen(self) -> StopSignal:
-        """Take SIGINT and SIGTERM; again after ``ray.init``, whose driver installs a SIGTERM handler that exits."""
+        """Take SIGINT and SIGTERM (:func:`~hepstream.local_ray.init_ray` keeps them through ``ray.init``)."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.receive)
         return self
@@ -226,8 +226,7 @@ def run_train(args) -> int:
     if status:
         return status
     if config.training.workers > 1:
-        trainer = _data_parallel_trainer(config, bootstrap)
-        stop.listen()
+        trainer = _data_parallel_trainer(config, bootstrap)  # init_ray keeps the stop's handlers
     else:
         trainer = StreamTrainer(config, bootstrap)
     if config.training.metrics_port is not None:
@@ -262,13 +261,13 @@ def run_serve(args) -> int:
     config, _ = _load(args)
     start = config.serve.ray
     address = getattr(args, "address", None)  # callers' own Namespaces may lack the flag
+    stop = _wait_for_signal()  # before Ray and Serve start: a signal meanwhile stops Serve once it is up
     with serving(config, **({"address": address} if address else {})) as url:
         through = " through Serve's HAProxy ingress" if start.haproxy else ""
         print(f"serving model {config.model.name!r} from {config.store.path} on {url}{through}", flush=True)
         if start.direct_ingress_port is not None:
             print(f"replicas also answer directly from http://{config.serve.http.host}:{start.direct_ingress_port}",
                   flush=True)
-        stop = _wait_for_signal()
         stop.wait()
     stop.report("serve", "Serve shut down")
     return 0
