@@ -23,7 +23,9 @@ re-sends nothing that was acknowledged.
 
 A file (or share) whose actor is lost (its node gone, its process killed) is retaken:
 it goes back to the head of the queue for the actors left, and a replacement
-actor (with a manifest of its own) is asked of Ray. The actor that retakes it
+actor (with a manifest of its own) is asked of Ray; while none runs and work
+waits, again every second for :data:`REPLACE_WITHIN_S` after the loss, since
+Ray cancels those it placed on the dying node. The actor that retakes it
 first reads the family's manifests again, so the chunks the lost actor had
 acknowledged are skipped, not sent twice; only those in flight when it was
 lost are sent again, under their keys, which trainers skip as duplicates
@@ -59,6 +61,9 @@ log = logging.getLogger(__name__)
 
 # A file is retaken once after its actor is lost; lost again, it is reported failed (see above).
 RETAKES = 1
+# With work waiting and no actor running, actors are asked for again (one a second) for this long after the
+# start or the last loss: replacements Ray placed on the dying node are cancelled until it is declared dead.
+REPLACE_WITHIN_S = 90.0
 
 
 @ray.remote(num_cpus=1)
@@ -170,7 +175,7 @@ def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: Pro
         start_actor()
     started, waiting, running = [], deque(enumerate(units)), {}  # running: ObjectRef -> (actor, unit number)
     retaken = dict.fromkeys(range(len(units)), 0)
-    restarts = config.producer.ray_tasks  # actors asked for again when none could start and work waits
+    replace_until = time.monotonic() + REPLACE_WITHIN_S
     last_death = "no Ray actor started"
 
     def fill() -> None:
@@ -191,8 +196,8 @@ def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: Pro
             except RayError as error:
                 last_death = f"a Ray actor could not start: {_reason(error)}"
                 log.error("%s", last_death)
-                if waiting and not started and not starting and restarts:
-                    restarts -= 1  # a replacement placed on the node being lost is cancelled: ask once more
+                if waiting and not started and not starting and time.monotonic() < replace_until:
+                    time.sleep(1.0)  # a replacement placed on the node being lost is cancelled: ask again
                     start_actor()
                 continue
             started.append(actor)
@@ -206,6 +211,7 @@ def _dispatch(config: Config, bootstrap: str, sources: list[Source], report: Pro
                 published.retaken = retaken[number]
         except RayActorError as error:  # the actor is gone: its work is retaken as it comes back
             last_death = f"the Ray actor publishing it was lost: {_reason(error)}"
+            replace_until = time.monotonic() + REPLACE_WITHIN_S
             if actor in started:
                 started.remove(actor)
                 ray.kill(actor)  # if it was only cut off, it must not go on publishing beside its successor

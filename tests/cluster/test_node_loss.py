@@ -27,7 +27,7 @@ from tests.ray_cluster import RayCluster, RayNode, wait_for_nodes
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 5000  # per file of the producer test
+EVENTS = 20_000  # per file of the producer test: enough that the files are still in flight at the first ack
 
 
 def _driver(cluster: RayCluster, command: list[str], config, folder) -> subprocess.Popen:
@@ -134,7 +134,7 @@ def test_files_of_a_producer_actor_lost_with_its_node_are_retaken_without_resend
     try:
         producer = _driver(ray_cluster, ["produce", "--bootstrap", broker.bootstrap], config, tmp_path)
         # The broker frozen once a chunk is acknowledged, so that the node is lost with files in flight.
-        poll_until(lambda: _acknowledged_keys(manifest), timeout_s=90, what="no chunk acknowledged")
+        poll_until(lambda: _acknowledged_keys(manifest), timeout_s=90, interval_s=0.01, what="no chunk acknowledged")
         broker.pause()
         try:
             actors = [a for a in ray_cluster.listed("actors", "class_name", "_Publisher") if a["state"] == "ALIVE"]
@@ -155,7 +155,7 @@ def test_files_of_a_producer_actor_lost_with_its_node_are_retaken_without_resend
                 _lose(ray_cluster, added)
 
     output = (tmp_path / "stdout").read_text()
-    summary = json.loads(output[output.rindex("\n{\n"):])
+    summary = json.loads(output[output.rfind("\n{\n") + 1:])  # the report: the last JSON object, maybe all of stdout
     assert summary["files_ok"] == 6 and summary["files_failed"] == summary["files_partial"] == 0
     assert summary["files_retaken"] >= 1
     records = read_topic(broker.bootstrap, config.dataset.topic)

@@ -213,9 +213,10 @@ def test_two_workers_hold_the_validation_slice_apart_and_the_coordinator_keeps_o
     from hepstream.models.actor import spawn_trainer
     from hepstream.models.validation import Reservoir, in_slice
 
-    config = pipeline_config(unique_topic, labelled_pair(tmp_path, 2000, 2000, seed=5), tmp_path / "store",
-                             kafka={"partitions": 2}, producer={"max_chunk_events": 200},
-                             training={"workers": 2, "checkpoint_every_s": 0.1, "chunks_per_step": 2,
+    # 40 chunks a class, 30 % of them held: more than 300 events of each (P > 0.998; keys hash anew each run).
+    config = pipeline_config(unique_topic, labelled_pair(tmp_path, 4000, 4000, seed=5), tmp_path / "store",
+                             kafka={"partitions": 2}, producer={"max_chunk_events": 100},
+                             training={"workers": 2, "checkpoint_every_s": 0.1, "chunks_per_step": 4,
                                        "group_wait_s": 0.0, "validation_fraction": 0.3, "validation_events": 300})
     report = produce(config, broker.bootstrap)
     chunks = [wire.decode(r.key, r.value, r.headers) for r in read_topic(broker.bootstrap, config.dataset.topic)]

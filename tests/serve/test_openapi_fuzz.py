@@ -25,7 +25,7 @@ def test_no_generated_request_gets_a_5xx(serve_standin, store, standins):
         codes = answered.setdefault(f"{operation.method.upper()} {operation.path}", [])
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=CASES_PER_OPERATION, deadline=None, database=None,
+        @settings(max_examples=CASES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def call(case):
             response = case.call(timeout=10)
