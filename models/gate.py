@@ -11,11 +11,16 @@ small slice mostly cancels. The rule (:func:`decide`):
 - ``serve.max_regression: null`` turns the gate off: every version is promoted;
 - the slice cannot judge yet (fewer than :data:`MIN_EVENTS_PER_CLASS` events of
   some class, always so with ``training.validation_fraction: 0``): promoted,
-  and the reason says it was not judged; with ``serve.promote_unjudged:
-  false``, held back instead, so that the first version served is a judged one
-  (until then the server answers 503, its versions' reasons say why);
+  and the reason says it was not judged; with a ``serve.warm_up``, held back
+  instead (until then the server answers 503, its versions' reasons say why);
 - nothing promoted yet: the version is promoted (a server with no model answers
-  503, and there is nothing better to keep);
+  503, and there is nothing better to keep), unless ``serve.warm_up:
+  settled`` asks it to have stopped learning fast first: its AUC is at most
+  ``serve.settle_gain`` above that of a version trained on half as many
+  events or fewer, both scored now on the same events. A learning curve gains
+  less with each doubling of the data, so a version that gained little from
+  the last one is near what the stream will give, and the first version served
+  is not one the next hour makes look poor;
 - otherwise promoted when its AUC is at most ``serve.max_regression`` below
   the served version's, else rejected with both figures in the reason.
 
@@ -41,28 +46,52 @@ log = logging.getLogger(__name__)
 MIN_EVENTS_PER_CLASS = 500
 
 
+# serve.warm_up: settled keeps earlier versions this far apart in events (1.1: within 10 % of exactly half).
+SPACING = 1.1
+
+
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
     reason: str
 
 
-def decide(candidate: dict | None, served: dict | None, served_version: int | None,
-           max_regression: float | None, min_events: int = MIN_EVENTS_PER_CLASS,
-           promote_unjudged: bool = True) -> Decision:
-    """Whether a version with validation figures ``candidate`` may replace ``served_version`` (figures ``served``
-    on the same events); both figure dicts as :func:`~hepstream.models.validation.score` makes them.
+@dataclass(frozen=True)
+class Halfway:
+    """The settling rule's reference: a version trained on ``events`` events, and its figures on the candidate's
+    validation events (None while the candidate has not learned twice as many)."""
 
-    >>> decide({"auc": 0.80, "per_class": {"0": 999, "1": 999}}, {"auc": 0.90}, 3, 0.01)
+    events: int
+    figures: dict | None
+
+
+def decide(candidate: dict | None, served: dict | None, served_version: int | None,
+           max_regression: float | None, *, min_events: int = MIN_EVENTS_PER_CLASS, warm_up: str = "none",
+           halfway: Halfway | None = None, settle_gain: float = 0.01) -> Decision:
+    """Whether a version with validation figures ``candidate`` may replace ``served_version`` (figures ``served``
+    on the same events); both figure dicts as :func:`~hepstream.models.validation.score` makes them, and
+    ``halfway`` the reference of ``warm_up: settled``.
+
+    >>> both = {"0": 999, "1": 999}
+    >>> decide({"auc": 0.80, "per_class": both}, {"auc": 0.90}, 3, 0.01)
     Decision(promoted=False, reason="validation AUC 0.8000 is 0.1000 below served version 3's 0.9000 on the same 1998 events (serve.max_regression 0.01)")
-    >>> decide({"auc": 0.895, "per_class": {"0": 999, "1": 999}}, {"auc": 0.90}, 3, 0.01).promoted
+    >>> decide({"auc": 0.895, "per_class": both}, {"auc": 0.90}, 3, 0.01).promoted
     True
     >>> decide(None, None, None, 0.01).reason
     'first version: nothing is served yet'
-    >>> decide({"auc": 0.7, "per_class": {"1": 999}}, None, None, 0.01, promote_unjudged=False).promoted
+    >>> decide({"auc": 0.7, "per_class": {"1": 999}}, None, None, 0.01, warm_up="judged").promoted
     False
-    >>> decide({"auc": 0.7, "per_class": {"0": 999, "1": 999}}, None, None, 0.01, promote_unjudged=False).reason
+    >>> decide({"auc": 0.7, "per_class": both}, None, None, 0.01, warm_up="judged").reason
     'first version judged: validation AUC 0.7000 on 1998 events'
+    >>> decide({"auc": 0.85, "per_class": both}, None, None, 0.01, warm_up="settled",
+    ...        halfway=Halfway(20_000, None)).reason
+    'warming up (serve.warm_up: settled): compared with the version trained on 20000 events once twice as many are learned'
+    >>> decide({"auc": 0.85, "per_class": both}, None, None, 0.01, warm_up="settled",
+    ...        halfway=Halfway(20_000, {"auc": 0.80})).reason
+    'still learning (serve.warm_up: settled): validation AUC 0.8500 is 0.0500 above the version trained on 20000 events, half as many or fewer, on the same 1998 events (serve.settle_gain 0.01)'
+    >>> decide({"auc": 0.905, "per_class": both}, None, None, 0.01, warm_up="settled",
+    ...        halfway=Halfway(40_000, {"auc": 0.90})).promoted
+    True
     """
     if max_regression is None:
         return Decision(True, "gate off (serve.max_regression: null)")
@@ -73,12 +102,14 @@ def decide(candidate: dict | None, served: dict | None, served_version: int | No
     if not judged:
         unjudged = (f"the validation slice holds {counts or 'no events'}, fewer than {min_events} events of "
                     "some class")
-        if not promote_unjudged:
-            return Decision(False, f"held back: {unjudged} (serve.promote_unjudged: false)")
+        if warm_up != "none":
+            return Decision(False, f"held back: {unjudged} (serve.warm_up: {warm_up})")
         if served_version is None:
             return Decision(True, "first version: nothing is served yet")
         return Decision(True, f"not judged: {unjudged}")
     if served_version is None:
+        if warm_up == "settled":
+            return _settled(candidate, events, halfway, max_regression, settle_gain)
         return Decision(True, f"first version judged: validation AUC {candidate['auc']:.4f} on {events} events")
     if served is None or served["auc"] is None:
         return Decision(True, f"not judged: served version {served_version} cannot be scored on the slice")
@@ -91,17 +122,45 @@ def decide(candidate: dict | None, served: dict | None, served_version: int | No
                           f"{served['auc']:.4f} on the same {events} events")
 
 
+def _settled(candidate: dict, events: int, halfway: Halfway | None, max_regression: float,
+             settle_gain: float) -> Decision:
+    """The first promotion of ``warm_up: settled``: the candidate gained at most ``settle_gain`` over
+    ``halfway`` (and lost no more than ``max_regression``)."""
+    if halfway is None or halfway.figures is None or halfway.figures["auc"] is None:
+        since = f"the version trained on {halfway.events} events" if halfway else "this one"
+        return Decision(False, f"warming up (serve.warm_up: settled): compared with {since} once twice as many "
+                               "are learned")
+    gain = candidate["auc"] - halfway.figures["auc"]
+    than = (f"the version trained on {halfway.events} events, half as many or fewer, on the same {events} "
+            "events")
+    if gain > settle_gain:
+        return Decision(False, f"still learning (serve.warm_up: settled): validation AUC {candidate['auc']:.4f} "
+                               f"is {gain:.4f} above {than} (serve.settle_gain {settle_gain})")
+    if gain < -max_regression:
+        return Decision(False, f"held back (serve.warm_up: settled): validation AUC {candidate['auc']:.4f} is "
+                               f"{-gain:.4f} below {than} (serve.max_regression {max_regression})")
+    return Decision(True, f"settled: validation AUC {candidate['auc']:.4f}, {gain:+.4f} against {than}")
+
+
 class Gate:
     """Reviews each version before it is published and remembers the served one, for one model's store."""
 
-    def __init__(self, store: ModelStore, max_regression: float | None, capacity: int, promote_unjudged: bool = True):
+    def __init__(self, store: ModelStore, max_regression: float | None, capacity: int, warm_up: str = "none",
+                 settle_gain: float = 0.01):
         self.store = store
         self.max_regression = max_regression
-        self.promote_unjudged = promote_unjudged
+        self.warm_up, self.settle_gain = warm_up, settle_gain
         self.min_events = min(MIN_EVENTS_PER_CLASS, capacity)
         self.served: LoadedModel | None = None
+        self.earlier: list[LoadedModel] = []  # warm_up: settled, before the first promotion: see _halfway
         self.rejected = 0  # in this run, for the trainer's metrics
         self._served_figures: tuple[tuple, dict | None] = ((), None)  # ((version, reservoir, revision), figures)
+
+    @classmethod
+    def for_config(cls, store: ModelStore, config) -> Gate:
+        """The gate of a trainer of ``config`` (serve.max_regression, warm_up, settle_gain; the slice's size)."""
+        return cls(store, config.serve.max_regression, config.training.validation_events, config.serve.warm_up,
+                   config.serve.settle_gain)
 
     def _served_now(self) -> LoadedModel | None:
         """The newest promoted version, loaded once and kept while it stays the newest (an operator may force
@@ -125,14 +184,34 @@ class Gate:
         theirs = None
         if served is not None and figures is not None:
             theirs = self._served_score(served, reservoir)
+        halfway = self._halfway(candidate, reservoir) if served is None and self.warm_up == "settled" else None
         decision = decide(figures, theirs, served.version if served is not None else None, self.max_regression,
-                          self.min_events, self.promote_unjudged)
+                          min_events=self.min_events, warm_up=self.warm_up, halfway=halfway,
+                          settle_gain=self.settle_gain)
         validation = None
         if figures is not None:
             validation = {**figures, "served_version": served.version if served is not None else None,
                           "served_auc": theirs and theirs["auc"], "served_log_loss": theirs and theirs["log_loss"]}
         return replace(meta, validation=validation, promoted=decision.promoted,
                        promotion_reason=decision.reason), candidate
+
+    def _halfway(self, candidate: LoadedModel, reservoir: Reservoir) -> Halfway:
+        """The settling rule's reference for ``candidate``: the newest earlier version trained on half its events
+        or fewer, and that version's figures on the same events (None until there is one).
+
+        Earlier versions are kept in memory from the first one reviewed (after a restart too: the warm-up then
+        takes at most one doubling longer), each on at least :data:`SPACING` times its predecessor's events,
+        and dropped once no later candidate can need them: at most about 8 models, whatever the cadence.
+        """
+        events = candidate.meta.events_seen
+        halves = [model for model in self.earlier if 2 * model.meta.events_seen <= events]
+        if halves:
+            self.earlier = self.earlier[len(halves) - 1:]  # a later candidate's half is at least this one's
+        if not self.earlier or events > SPACING * self.earlier[-1].meta.events_seen:
+            self.earlier.append(candidate)
+        if not halves:
+            return Halfway(self.earlier[0].meta.events_seen, None)
+        return Halfway(halves[-1].meta.events_seen, score(halves[-1], reservoir) if reservoir else None)
 
     def _served_score(self, served: LoadedModel, reservoir: Reservoir) -> dict | None:
         """The served version's figures on the reservoir, scored again only when either has changed since."""
@@ -145,7 +224,7 @@ class Gate:
         """``version`` was published with the reviewed ``meta``: a promoted one is the served version from now."""
         if meta.promoted:
             candidate.version, candidate.meta = version, self.store.read_meta(version)
-            self.served = candidate
+            self.served, self.earlier = candidate, []
         else:
             self.rejected += 1
             log.warning("version %d of %s is not promoted: %s", version, self.store.model, meta.promotion_reason)
