@@ -98,7 +98,7 @@ def test_a_broken_version_is_never_served_and_an_operator_can_force_it(broker, u
 
 
 def test_a_settled_warm_up_serves_nothing_while_each_doubling_of_the_events_still_pays(broker, unique_topic,
-                                                                                      tmp_path):
+                                                                                      tmp_path, standins):
     sections = {"producer": {"max_chunk_events": 200},
                 "training": {"validation_fraction": 0.4, "validation_events": 1000, "checkpoint_every_s": 3600},
                 "serve": {"warm_up": "settled", "settle_gain": 0.001}}
@@ -122,6 +122,16 @@ def test_a_settled_warm_up_serves_nothing_while_each_doubling_of_the_events_stil
     assert last.promotion_reason.startswith("still learning (serve.warm_up: settled): validation AUC"), reasons
     assert f"above the version trained on {metas[1].events_seen} events" in last.promotion_reason, reasons
     assert 2 * metas[1].events_seen <= last.events_seen and "(serve.settle_gain 0.001)" in last.promotion_reason
+
+    app = create_app(store, model_name="m", settings=standins.quick_settings())
+    with standins.ServedApp(app) as server:  # a client asking is told why nothing answers yet
+        ready = requests.get(f"{server.url}/v1/health/ready", timeout=5)
+        assert ready.status_code == 503
+        assert ready.json()["error"] == f"version {len(metas)} is not served: {last.promotion_reason}"
+        event = {"events": [{b.name: [30.0] if b.jagged else 1.0 for b in store.load(1).inputs}]}
+        answer = requests.post(f"{server.url}/v1/models/m/predict", json=event, timeout=5)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+        assert answer.json()["error"].endswith(f"is not served: {last.promotion_reason}")
 
 
 def test_versions_from_before_the_gate_are_served(tmp_path, standins):
