@@ -13,7 +13,9 @@ unless ``--warm-up`` says otherwise; ``gate_off`` with
 
 * ``best_holdout_auc``: the best held-out AUC of any published version (scored
   from the store, whether served or not), and ``best_version``;
-* ``final_served_auc``: the held-out AUC the server answers with at the end;
+* ``final_served_auc``: the held-out AUC the server answers with at the end
+  (null, like the other served figures, when a warm-up served nothing before
+  the stream ended);
 * ``min_served_auc_after_first_promotion``: the worst held-out AUC answered
   over HTTP from the first version served on; and the same from the first
   version the validation slice judged (``..._after_first_judged_promotion``),
@@ -178,7 +180,6 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
         report = produce_on_ray(config, bootstrap)
         if report.failed:
             raise RuntimeError(f"producer failed on {report.as_dict()['failures']}")
-        wait_ready(port, timeout_s=120)
         while True:
             status = ray.get(trainer.status.remote())
             if status["failure"]:
@@ -187,12 +188,14 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
                 break
             time.sleep(0.2)
         final = ray.get(trainer.stop.remote())
-        servable = store.latest_servable()
-        while (scorer.score() or (None,))[0] != servable:  # the server swaps to it within a poll
-            time.sleep(0.1)
+        servable = store.latest_servable()  # None: a warm-up still waiting when the stream ended
+        if servable is not None:
+            wait_ready(port, timeout_s=120)
+            while (scorer.score() or (None,))[0] != servable:  # the server swaps to it within a poll
+                time.sleep(0.1)
         scorer.stop_event.set()
         scorer.join(60)
-        final_version, final_auc = scorer.score()
+        final_version, final_auc = scorer.score() or (None, None)
     finally:
         scorer.stop_event.set()
         server.should_exit = True
@@ -206,12 +209,12 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
     after_judged = [auc for v, auc in served if judged is not None and v >= judged]
     return {
         "best_holdout_auc": round(offline[best], 4), "best_version": best,
-        "final_served_auc": round(final_auc, 4), "final_served_version": final_version,
-        "min_served_auc_after_first_promotion": round(min(auc for _, auc in served), 4),
+        "final_served_auc": final_auc and round(final_auc, 4), "final_served_version": final_version,
+        "min_served_auc_after_first_promotion": round(min(auc for _, auc in served), 4) if served else None,
         "min_served_auc_after_first_judged_promotion": round(min(after_judged), 4) if after_judged else None,
         "first_judged_version": judged,
         # What a warm-up costs: how far into the run (and the stream) the server first answered.
-        "first_served_after_s": scorer.first_served_s, "first_served_events": metas[served[0][0]].events_seen,
+        "first_served_after_s": scorer.first_served_s, "first_served_events": metas[served[0][0]].events_seen if served else None,
         "newest_version_holdout_auc": round(offline[max(metas)], 4),
         "versions_published": len(metas), "versions_promoted": sum(m.promoted for m in metas.values()),
         "versions_rejected": sum(not m.promoted for m in metas.values()),

@@ -451,7 +451,7 @@ class ServeConfig(_Section):
         "not; judged: the validation slice judged it (500 events of each class), and versions it cannot judge are "
         "never served; settled: judged, and at most serve.settle_gain AUC better than a version trained on half as "
         "many events, so it has stopped learning fast. Until then the server answers 503")
-    settle_gain: float = Field(default=0.01, ge=0, le=1, description="With serve.warm_up: settled, the most the "
+    settle_gain: float = Field(default=0.015, ge=0, le=1, description="With serve.warm_up: settled, the most the "
                                "first version served may gain in validation AUC over a version trained on half as "
                                "many events")
 

@@ -67,7 +67,7 @@ class Halfway:
 
 def decide(candidate: dict | None, served: dict | None, served_version: int | None,
            max_regression: float | None, *, min_events: int = MIN_EVENTS_PER_CLASS, warm_up: str = "none",
-           halfway: Halfway | None = None, settle_gain: float = 0.01) -> Decision:
+           halfway: Halfway | None = None, settle_gain: float = 0.015) -> Decision:
     """Whether a version with validation figures ``candidate`` may replace ``served_version`` (figures ``served``
     on the same events); both figure dicts as :func:`~hepstream.models.validation.score` makes them, and
     ``halfway`` the reference of ``warm_up: settled``.
@@ -88,7 +88,7 @@ def decide(candidate: dict | None, served: dict | None, served_version: int | No
     'warming up (serve.warm_up: settled): compared with the version trained on 20000 events once twice as many are learned'
     >>> decide({"auc": 0.85, "per_class": both}, None, None, 0.01, warm_up="settled",
     ...        halfway=Halfway(20_000, {"auc": 0.80})).reason
-    'still learning (serve.warm_up: settled): validation AUC 0.8500 is 0.0500 above the version trained on 20000 events, half as many or fewer, on the same 1998 events (serve.settle_gain 0.01)'
+    'still learning (serve.warm_up: settled): validation AUC 0.8500 is 0.0500 above the version trained on 20000 events, half as many or fewer, on the same 1998 events (serve.settle_gain 0.015)'
     >>> decide({"auc": 0.905, "per_class": both}, None, None, 0.01, warm_up="settled",
     ...        halfway=Halfway(40_000, {"auc": 0.90})).promoted
     True
@@ -146,7 +146,7 @@ class Gate:
     """Reviews each version before it is published and remembers the served one, for one model's store."""
 
     def __init__(self, store: ModelStore, max_regression: float | None, capacity: int, warm_up: str = "none",
-                 settle_gain: float = 0.01):
+                 settle_gain: float = 0.015):
         self.store = store
         self.max_regression = max_regression
         self.warm_up, self.settle_gain = warm_up, settle_gain
