@@ -29,6 +29,10 @@ from hepstream.waiting import poll_until
 
 RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_PORTS = 40
+# The GCS declares a node dead after this many failed health checks this far apart (Ray's defaults: 5 every 3 s,
+# 15 s of waiting at each node the tests lose). A check of a lost node fails at once (its port is closed); a
+# live one fails only past health_check_timeout_ms, left at Ray's default, so a busy machine loses no node.
+HEALTH_CHECKS = '{"health_check_period_ms": 1000, "health_check_failure_threshold": 3}'
 
 
 def worker_port_range(count: int, taken: set[int]) -> int:
@@ -152,7 +156,8 @@ class RayCluster:
     def start_head(self) -> RayCluster:
         self.head = self._start("head", ["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
                                          "--dashboard-port", str(self.dashboard_port),
-                                         "--ray-client-server-port", str(free_port())])
+                                         "--ray-client-server-port", str(free_port()),
+                                         "--system-config", HEALTH_CHECKS])
         self._wait(self._jobs_answer, f"the Ray head's job server on {self.dashboard_url} answering", self.head)
         return self
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hepstream.cli.status import _end_offsets
+from hepstream.cli.status import _end_offsets, _served_version
 from hepstream.config import KafkaConfig
 from hepstream.models.store import ModelStore
 from hepstream.run_state import RunState, state_path
@@ -44,7 +44,9 @@ def pipeline(tmp_path) -> Path:
         "training": {"checkpoint_every_s": 0.3, "validation_fraction": 0},  # every event learned, newest served
         "store": {"path": str(tmp_path / "store")},
         # The replicas' own ports too: Serve's default, 30000, is every concurrent run's on a shared machine.
-        "serve": {"http": {"port": free_port()}, "ray": {"direct_ingress_port": free_port()}},
+        # No load balancer drops a replica here, and one replica swaps alone: a short drain and swap delay.
+        "serve": {"http": {"port": free_port()}, "ray": {"direct_ingress_port": free_port(), "drain_s": 0.5},
+                  "versions": {"poll_interval_s": 0.1, "swap_delay_s": 0.1}},
     }))
     return path
 
@@ -77,7 +79,20 @@ def _state(pipeline: Path, service: subprocess.Popen) -> RunState:
 
 
 def _settled(pipeline: Path, service: subprocess.Popen, events: int) -> dict:
-    """Status once every event is trained and the server answers with the newest version."""
+    """Status once every event is trained and the server answers with the newest version.
+
+    Until the server answers with the store's newest version at all, the test asks it itself: a ``hepstream
+    status`` a second, a second of CPU each, would slow the service's start-up it waits for on two cores.
+    """
+    state = _state(pipeline, service)
+    store = ModelStore(state.store, state.model)
+
+    def serving_newest():
+        assert service.poll() is None, service.communicate()[1][-3000:]
+        return store.latest() is not None and _served_version(state) == store.latest()
+
+    poll_until(serving_newest, timeout_s=150, interval_s=0.5, what="the newest version served")
+
     def done():
         assert service.poll() is None, service.communicate()[1][-3000:]
         status = _status(pipeline)

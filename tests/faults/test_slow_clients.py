@@ -45,12 +45,20 @@ def trickle(port: int, sent_at_once: bytes, trickled: bytes, give_up_s: float = 
     return answer, time.monotonic() - started
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One service for both ports: starting Ray and Serve is most of each case's time, and every connection of
+    a case is closed before the next one opens its own."""
+    sections = {"http": {"header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S}}
+    with pytest.MonkeyPatch.context() as monkeypatch, \
+            serve_real_model(tmp_path_factory.mktemp("slow-clients"), monkeypatch, **sections) as served:
+        yield served
+
+
 @pytest.mark.parametrize("port_of", [lambda served: served.haproxy, lambda served: served.direct],
                          ids=["HAProxy", "replica"])
-def test_slow_headers_and_bodies_are_cut_off_while_a_normal_request_is_answered(tmp_path, monkeypatch, port_of):
-    sections = {"http": {"header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S}}
-    with serve_real_model(tmp_path, monkeypatch, **sections) as served, \
-            concurrent.futures.ThreadPoolExecutor(2) as pool:
+def test_slow_headers_and_bodies_are_cut_off_while_a_normal_request_is_answered(served, port_of):
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
         port = port_of(served)
         slow_headers = pool.submit(trickle, port, REQUEST_LINE, b"X-Slow: " + b"a" * 200)
         slow_body = pool.submit(trickle, port, FULL_HEAD, b"{" + b" " * 999)
