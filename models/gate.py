@@ -54,6 +54,16 @@ SPACING = 1.1
 class Decision:
     promoted: bool
     reason: str
+    promote_instead: int | None = None  # warm_up: settled, a curve past its peak: that version is served
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The best version the warm-up of ``warm_up: settled`` has seen, and its figures on the candidate's
+    validation events."""
+
+    version: int
+    figures: dict
 
 
 @dataclass(frozen=True)
@@ -67,14 +77,14 @@ class Halfway:
 
 def decide(candidate: dict | None, served: dict | None, served_version: int | None,
            max_regression: float | None, *, min_events: int = MIN_EVENTS_PER_CLASS, warm_up: str = "none",
-           halfway: Halfway | None = None, settle_gain: float = 0.015) -> Decision:
+           halfway: Halfway | None = None, settle_gain: float = 0.015, peak: Peak | None = None) -> Decision:
     """Whether a version with validation figures ``candidate`` may replace ``served_version`` (figures ``served``
     on the same events); both figure dicts as :func:`~hepstream.models.validation.score` makes them, and
-    ``halfway`` the reference of ``warm_up: settled``.
+    ``halfway`` and ``peak`` the references of ``warm_up: settled``.
 
     >>> both = {"0": 999, "1": 999}
     >>> decide({"auc": 0.80, "per_class": both}, {"auc": 0.90}, 3, 0.01)
-    Decision(promoted=False, reason="validation AUC 0.8000 is 0.1000 below served version 3's 0.9000 on the same 1998 events (serve.max_regression 0.01)")
+    Decision(promoted=False, reason="validation AUC 0.8000 is 0.1000 below served version 3's 0.9000 on the same 1998 events (serve.max_regression 0.01)", promote_instead=None)
     >>> decide({"auc": 0.895, "per_class": both}, {"auc": 0.90}, 3, 0.01).promoted
     True
     >>> decide(None, None, None, 0.01).reason
@@ -109,7 +119,7 @@ def decide(candidate: dict | None, served: dict | None, served_version: int | No
         return Decision(True, f"not judged: {unjudged}")
     if served_version is None:
         if warm_up == "settled":
-            return _settled(candidate, events, halfway, max_regression, settle_gain)
+            return _settled(candidate, events, halfway, max_regression, settle_gain, peak)
         return Decision(True, f"first version judged: validation AUC {candidate['auc']:.4f} on {events} events")
     if served is None or served["auc"] is None:
         return Decision(True, f"not judged: served version {served_version} cannot be scored on the slice")
@@ -123,9 +133,15 @@ def decide(candidate: dict | None, served: dict | None, served_version: int | No
 
 
 def _settled(candidate: dict, events: int, halfway: Halfway | None, max_regression: float,
-             settle_gain: float) -> Decision:
+             settle_gain: float, peak: Peak | None) -> Decision:
     """The first promotion of ``warm_up: settled``: the candidate gained at most ``settle_gain`` over
-    ``halfway`` (and lost no more than ``max_regression``)."""
+    ``halfway``; or, when it fell more than ``max_regression`` below ``peak``, the curve has turned and the peak
+    is promoted instead (a stream that gets worse, as a label-ordered one does, would never settle)."""
+    if peak is not None and peak.figures["auc"] - candidate["auc"] > max_regression:
+        return Decision(False, f"held back (serve.warm_up: settled): validation AUC {candidate['auc']:.4f} is "
+                               f"{peak.figures['auc'] - candidate['auc']:.4f} below version {peak.version}'s "
+                               f"{peak.figures['auc']:.4f} on the same {events} events: past its peak, version "
+                               f"{peak.version} is served", promote_instead=peak.version)
     if halfway is None or halfway.figures is None or halfway.figures["auc"] is None:
         since = f"the version trained on {halfway.events} events" if halfway else "this one"
         return Decision(False, f"warming up (serve.warm_up: settled): compared with {since} once twice as many "
@@ -136,9 +152,6 @@ def _settled(candidate: dict, events: int, halfway: Halfway | None, max_regressi
     if gain > settle_gain:
         return Decision(False, f"still learning (serve.warm_up: settled): validation AUC {candidate['auc']:.4f} "
                                f"is {gain:.4f} above {than} (serve.settle_gain {settle_gain})")
-    if gain < -max_regression:
-        return Decision(False, f"held back (serve.warm_up: settled): validation AUC {candidate['auc']:.4f} is "
-                               f"{-gain:.4f} below {than} (serve.max_regression {max_regression})")
     return Decision(True, f"settled: validation AUC {candidate['auc']:.4f}, {gain:+.4f} against {than}")
 
 
@@ -153,6 +166,7 @@ class Gate:
         self.min_events = min(MIN_EVENTS_PER_CLASS, capacity)
         self.served: LoadedModel | None = None
         self.earlier: list[LoadedModel] = []  # warm_up: settled, before the first promotion: see _halfway
+        self.peak: LoadedModel | None = None  # warm_up: settled: the best judged version before the first promotion
         self.rejected = 0  # in this run, for the trainer's metrics
         self._served_figures: tuple[tuple, dict | None] = ((), None)  # ((version, reservoir, revision), figures)
 
@@ -184,16 +198,35 @@ class Gate:
         theirs = None
         if served is not None and figures is not None:
             theirs = self._served_score(served, reservoir)
-        halfway = self._halfway(candidate, reservoir) if served is None and self.warm_up == "settled" else None
+        halfway = peak = None
+        if served is None and self.warm_up == "settled":
+            halfway = self._halfway(candidate, reservoir)
+            if self.peak is not None and figures is not None:
+                peak = Peak(self.peak.version, score(self.peak, reservoir))
         decision = decide(figures, theirs, served.version if served is not None else None, self.max_regression,
                           min_events=self.min_events, warm_up=self.warm_up, halfway=halfway,
-                          settle_gain=self.settle_gain)
+                          settle_gain=self.settle_gain, peak=peak)
+        if decision.promote_instead is not None:
+            self._promote_peak(peak, decision.reason)
+        elif halfway is not None and figures is not None and figures["auc"] is not None and \
+                (peak is None or figures["auc"] >= peak.figures["auc"]):
+            self.peak = candidate  # its number comes with publish()
         validation = None
         if figures is not None:
             validation = {**figures, "served_version": served.version if served is not None else None,
                           "served_auc": theirs and theirs["auc"], "served_log_loss": theirs and theirs["log_loss"]}
         return replace(meta, validation=validation, promoted=decision.promoted,
                        promotion_reason=decision.reason), candidate
+
+    def _promote_peak(self, peak: Peak, why: str) -> None:  # why: the reason the later version was held back
+        """Serve the warm-up's best version now that a later one fell below it: a curve that has turned will
+        not settle, and that version is the best the stream has given."""
+        self.store.promote(peak.version, f"settled at its peak (serve.warm_up: settled): validation AUC "
+                                         f"{peak.figures['auc']:.4f}, the best of the warm-up; then {why}")
+        self.peak.meta = self.store.read_meta(peak.version)
+        self.served, self.earlier, self.peak = self.peak, [], None
+        log.warning("version %d of %s is promoted, the best before the curve turned down", peak.version,
+                    self.store.model)
 
     def _halfway(self, candidate: LoadedModel, reservoir: Reservoir) -> Halfway:
         """The settling rule's reference for ``candidate``: the newest earlier version trained on half its events
@@ -222,9 +255,10 @@ class Gate:
 
     def published(self, version: int, meta: VersionMeta, candidate: LoadedModel) -> None:
         """``version`` was published with the reviewed ``meta``: a promoted one is the served version from now."""
+        candidate.version = version
         if meta.promoted:
-            candidate.version, candidate.meta = version, self.store.read_meta(version)
-            self.served, self.earlier = candidate, []
+            candidate.meta = self.store.read_meta(version)
+            self.served, self.earlier, self.peak = candidate, [], None
         else:
             self.rejected += 1
             log.warning("version %d of %s is not promoted: %s", version, self.store.model, meta.promotion_reason)

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from hepstream.models.gate import Decision, Gate, Halfway, decide
+from hepstream.models.gate import Decision, Gate, Halfway, Peak, decide
 from hepstream.models.validation import LABEL_COLUMN, Reservoir, in_slice, score
 
 KEYS = [f"file-{f}/Events/{start}-{start + 100}" for f in range(20) for start in range(0, 50_000, 100)]
@@ -111,13 +111,18 @@ def test_a_judged_warm_up_serves_the_first_judged_version():
                   "trained on 40000 events, half as many or fewer, on the same 1000 events (serve.settle_gain 0.01)"),
     (0.891, True, "settled: validation AUC 0.9000, +0.0090 against the version trained on 40000 events"),
     (0.905, True, "settled: validation AUC 0.9000, -0.0050 against"),
-    (0.92, False, "0.0200 below the version trained on 40000 events"),  # worse than the one at half: not yet
 ])
 def test_a_settled_warm_up_waits_for_a_flat_learning_curve(halfway_auc, promoted, words):
     halfway = Halfway(40_000, None if halfway_auc is None else {"auc": halfway_auc})
     decision = decide({"auc": 0.90, **ENOUGH}, None, None, 0.01, warm_up="settled", halfway=halfway,
-                      settle_gain=0.01)
+                      settle_gain=0.01, peak=Peak(7, {"auc": 0.905}))
     assert decision.promoted is promoted and words in decision.reason, decision
+    assert decision.promote_instead is None
+    fallen = decide({"auc": 0.90, **ENOUGH}, None, None, 0.01, warm_up="settled", halfway=halfway,
+                    peak=Peak(7, {"auc": 0.92}))  # more than max_regression below the best: past the peak
+    assert (fallen.promoted, fallen.promote_instead) == (False, 7)
+    assert fallen.reason.endswith("is 0.0200 below version 7's 0.9200 on the same 1000 events: past its peak, "
+                                  "version 7 is served")
     served = decide({"auc": 0.90, **ENOUGH}, {"auc": 0.90}, 3, 0.01, warm_up="settled", halfway=halfway)
     assert served.promoted and "against served version 3's" in served.reason  # only the first version warms up
 
@@ -158,6 +163,50 @@ def test_the_gate_compares_each_version_with_one_trained_on_half_as_many_events(
                                   "events, half as many or fewer, on the same 1000 events")
     assert [k for k, (promoted, _) in reasons.items() if promoted][0] == 160  # the first doubling gaining <= 0.01
     assert max(held) <= 9  # versions between the half and now, 10 % apart: bounded however often it checkpoints
+
+
+class _Turning(_Curve):
+    """A curve that rises to 0.85 at 100k events, then falls twice as fast (a stream that ends with one class)."""
+
+    @property
+    def auc(self) -> float:
+        thousands = self.meta.events_seen / 1000
+        return 0.85 - (0.001 if thousands < 100 else 0.002) * abs(thousands - 100)
+
+
+def test_a_settled_warm_up_serves_the_peak_once_the_curve_turns_down(tmp_path, monkeypatch):
+    from hepstream.models import gate as gate_module
+    from hepstream.models.store import ModelStore
+    from hepstream.models.version_meta import VersionMeta
+
+    monkeypatch.setattr(gate_module, "LoadedModel", _Turning)
+    monkeypatch.setattr(gate_module, "score", lambda model, reservoir: {"auc": model.auc, "log_loss": 0.4, **ENOUGH})
+    reservoir = Reservoir(capacity=10)
+    reservoir.add(*_chunk(2, 1, 0.0))
+    store = ModelStore(tmp_path / "store", "m")
+    promoted = []
+    monkeypatch.setattr(store, "promote", lambda version, reason: promoted.append((version, reason)))
+    published = {}  # version: meta, as the store would read them back
+    monkeypatch.setattr(store, "read_meta", published.get)
+    monkeypatch.setattr(store, "latest_servable", lambda: promoted[-1][0] if promoted else None)
+    gate = Gate(store, 0.01, capacity=5000, warm_up="settled", settle_gain=0.001)
+    reviewed = {}
+    for version, thousands in enumerate(range(10, 200, 10), start=1):
+        meta, candidate = gate.review(VersionMeta(features={}, feature_state={}, model={},
+                                                  events_seen=thousands * 1000), {}, reservoir)
+        published[version] = meta
+        gate.published(version, meta, candidate)
+        reviewed[thousands] = meta
+    # Rising 0.001 per 1k events, it never gains as little as 0.001 over its half; at 110k it has fallen 0.02
+    # below the 100k version, version 10: that one is served, and the gate compares with it from then on.
+    assert [version for version, _ in promoted] == [10], promoted
+    assert promoted[0][1].startswith("settled at its peak (serve.warm_up: settled): validation AUC 0.8500, the "
+                                     "best of the warm-up; then held back (serve.warm_up: settled): validation "
+                                     "AUC 0.8300 is 0.0200 below version 10's 0.8500"), promoted
+    assert reviewed[110].promotion_reason.endswith("past its peak, version 10 is served"), reviewed[110]
+    assert not any(reviewed[k].promoted for k in range(10, 120, 10))
+    assert gate.served.version == 10 and "below served version 10's 0.8500" in reviewed[120].promotion_reason
+    assert not any(reviewed[k].promoted for k in range(120, 200, 10))  # all worse than the peak served
 
 
 def test_holding_back_unjudged_versions_needs_a_slice_that_can_judge():
