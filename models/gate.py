@@ -20,7 +20,9 @@ small slice mostly cancels. The rule (:func:`decide`):
   events or fewer, both scored now on the same events. A learning curve gains
   less with each doubling of the data, so a version that gained little from
   the last one is near what the stream will give, and the first version served
-  is not one the next hour makes look poor;
+  is not one the next hour makes look poor. A curve that turns down first (a
+  version more than ``serve.max_regression`` below the best judged one so
+  far) will not settle: that best version is promoted instead;
 - otherwise promoted when its AUC is at most ``serve.max_regression`` below
   the served version's, else rejected with both figures in the reason.
 
