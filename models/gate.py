@@ -77,6 +77,14 @@ class Halfway:
     figures: dict | None
 
 
+def judged(figures: dict | None, min_events: int = MIN_EVENTS_PER_CLASS) -> bool:
+    """Whether validation figures can judge a version: an AUC, on at least ``min_events`` events of each of
+    two classes or more."""
+    counts = (figures or {}).get("per_class", {})
+    return figures is not None and figures["auc"] is not None and len(counts) >= 2 and \
+        min(counts.values()) >= min_events
+
+
 def decide(candidate: dict | None, served: dict | None, served_version: int | None,
            max_regression: float | None, *, min_events: int = MIN_EVENTS_PER_CLASS, warm_up: str = "none",
            halfway: Halfway | None = None, settle_gain: float = 0.015, peak: Peak | None = None) -> Decision:
@@ -108,10 +116,8 @@ def decide(candidate: dict | None, served: dict | None, served_version: int | No
     if max_regression is None:
         return Decision(True, "gate off (serve.max_regression: null)")
     counts = (candidate or {}).get("per_class", {})
-    judged = candidate is not None and candidate["auc"] is not None and len(counts) >= 2 and \
-        min(counts.values()) >= min_events
     events = sum(counts.values())
-    if not judged:
+    if not judged(candidate, min_events):
         unjudged = (f"the validation slice holds {counts or 'no events'}, fewer than {min_events} events of "
                     "some class")
         if warm_up != "none":
@@ -201,17 +207,16 @@ class Gate:
         if served is not None and figures is not None:
             theirs = self._served_score(served, reservoir)
         halfway = peak = None
-        if served is None and self.warm_up == "settled":
+        if served is None and self.warm_up == "settled" and judged(figures, self.min_events):
             halfway = self._halfway(candidate, reservoir)
-            if self.peak is not None and figures is not None:
+            if self.peak is not None:
                 peak = Peak(self.peak.version, score(self.peak, reservoir))
         decision = decide(figures, theirs, served.version if served is not None else None, self.max_regression,
                           min_events=self.min_events, warm_up=self.warm_up, halfway=halfway,
                           settle_gain=self.settle_gain, peak=peak)
         if decision.promote_instead is not None:
             self._promote_peak(peak, decision.reason)
-        elif halfway is not None and figures is not None and figures["auc"] is not None and \
-                (peak is None or figures["auc"] >= peak.figures["auc"]):
+        elif halfway is not None and (peak is None or figures["auc"] >= peak.figures["auc"]):
             self.peak = candidate  # its number comes with publish()
         validation = None
         if figures is not None:
@@ -234,9 +239,12 @@ class Gate:
         """The settling rule's reference for ``candidate``: the newest earlier version trained on half its events
         or fewer, and that version's figures on the same events (None until there is one).
 
-        Earlier versions are kept in memory from the first one reviewed (after a restart too: the warm-up then
-        takes at most one doubling longer), each on at least :data:`SPACING` times its predecessor's events,
-        and dropped once no later candidate can need them: at most about 8 models, whatever the cadence.
+        Earlier versions are kept in memory from the first one the slice judged (after a restart too: the
+        warm-up then takes at most one doubling longer), each on at least :data:`SPACING` times its
+        predecessor's events, and dropped once no later candidate can need them: at most about 8 models,
+        whatever the cadence. Judged ones only: a version from before the slice held every class (the first
+        half of a label-ordered stream) knows as little as one learned on the same class since, and the curve
+        between them looks flat.
         """
         events = candidate.meta.events_seen
         halves = [model for model in self.earlier if 2 * model.meta.events_seen <= events]

@@ -209,6 +209,37 @@ def test_a_settled_warm_up_serves_the_peak_once_the_curve_turns_down(tmp_path, m
     assert not any(reviewed[k].promoted for k in range(120, 200, 10))  # all worse than the peak served
 
 
+class _SignalFirst(_Curve):
+    """A label-ordered stream: 0.45 for every version up to 110k events (signal only so far), then rising."""
+
+    @property
+    def auc(self) -> float:
+        return 0.45 + max(0.0, self.meta.events_seen / 1000 - 110) * 0.001
+
+
+def test_versions_from_before_the_slice_could_judge_are_never_the_reference(tmp_path, monkeypatch):
+    from hepstream.models import gate as gate_module
+    from hepstream.models.store import ModelStore
+    from hepstream.models.version_meta import VersionMeta
+
+    slice_holds = {}
+    monkeypatch.setattr(gate_module, "LoadedModel", _SignalFirst)
+    monkeypatch.setattr(gate_module, "score", lambda model, reservoir: {"auc": model.auc, "per_class": slice_holds})
+    reservoir = Reservoir(capacity=10)
+    reservoir.add(*_chunk(2, 1, 0.0))
+    gate = Gate(ModelStore(tmp_path / "store", "m"), 0.01, capacity=5000, warm_up="settled", settle_gain=0.01)
+    reasons = {}
+    for thousands in range(10, 250, 10):
+        slice_holds.update({"1": 500} if thousands < 110 else ENOUGH["per_class"])  # background from 110k on
+        meta = VersionMeta(features={}, feature_state={}, model={}, events_seen=thousands * 1000)
+        reviewed, _ = gate.review(meta, {}, reservoir)
+        reasons[thousands] = reviewed.promotion_reason
+    # At 110k the first judged version and those at half its events all score 0.45: a flat curve, but at the
+    # bottom. Only judged versions are references, so the first comparison is at 220k, against 110k.
+    assert reasons[110].startswith("warming up") and reasons[210].startswith("warming up"), reasons
+    assert "0.1100 above the version trained on 110000 events" in reasons[220], reasons
+
+
 def test_holding_back_unjudged_versions_needs_a_slice_that_can_judge():
     from hepstream.config import ConfigError, config_from_dict
 
