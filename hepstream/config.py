@@ -474,6 +474,23 @@ class ServeConfig(_Section):
             warnings.warn(f"serve.{old} is deprecated: write serve.{section}.{key}", FutureWarning, stacklevel=2)
         return moved
 
+    @model_validator(mode="before")
+    @classmethod
+    def _promote_unjudged_became_warm_up(cls, data: Any) -> Any:
+        """``serve.promote_unjudged`` (before serve.warm_up) still reads, with a FutureWarning: false held every
+        unjudged version back, as ``warm_up: judged`` does; true is ``none``."""
+        if not isinstance(data, dict) or "promote_unjudged" not in data:
+            return data
+        if "warm_up" in data:
+            raise ValueError("serve.promote_unjudged and serve.warm_up are the same setting: keep serve.warm_up")
+        old = data["promote_unjudged"]
+        if not isinstance(old, bool):
+            return data  # reported as an unknown key
+        warm_up = "none" if old else "judged"
+        warnings.warn(f"serve.promote_unjudged is deprecated: write serve.warm_up: {warm_up}", FutureWarning,
+                      stacklevel=2)
+        return {**{k: v for k, v in data.items() if k != "promote_unjudged"}, "warm_up": warm_up}
+
     @property
     def replica_ports(self) -> range | None:
         """The ports replicas answer on themselves (direct ingress), two per replica for redeploys; None: none."""

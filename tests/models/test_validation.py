@@ -248,3 +248,7 @@ def test_holding_back_unjudged_versions_needs_a_slice_that_can_judge():
     config = config_from_dict({"serve": {"warm_up": "judged"}}, "p.yaml")
     assert config.training.validation_fraction == 0.03 and config.serve.warm_up == "judged"
     assert config_from_dict({}, "p.yaml").serve.warm_up == "none"
+    with pytest.warns(FutureWarning, match="serve.promote_unjudged is deprecated: write serve.warm_up: judged"):
+        assert config_from_dict({"serve": {"promote_unjudged": False}}, "p.yaml").serve.warm_up == "judged"
+    with pytest.raises(ConfigError, match="serve.promote_unjudged and serve.warm_up are the same setting"):
+        config_from_dict({"serve": {"promote_unjudged": False, "warm_up": "settled"}}, "p.yaml")
