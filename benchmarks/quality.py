@@ -7,17 +7,22 @@ FastAPI app of ``hepstream.serve`` follows the store on uvicorn, and a client
 scores held-out events (files of each class never published) **through HTTP**
 over and over, so every version swapped in is scored.
 
-Keys, per run (the gate on at top level, with ``serve.promote_unjudged:
-false`` unless ``--promote-unjudged``; ``gate_off`` with
+Keys, per run (the gate on at top level, with ``serve.warm_up: settled``
+unless ``--warm-up`` says otherwise; ``gate_off`` with
 ``serve.max_regression: null``):
 
 * ``best_holdout_auc``: the best held-out AUC of any published version (scored
   from the store, whether served or not), and ``best_version``;
-* ``final_served_auc``: the held-out AUC the server answers with at the end;
+* ``final_served_auc``: the held-out AUC the server answers with at the end
+  (null, like the other served figures, when a warm-up served nothing before
+  the stream ended);
 * ``min_served_auc_after_first_promotion``: the worst held-out AUC answered
   over HTTP from the first version served on; and the same from the first
   version the validation slice judged (``..._after_first_judged_promotion``),
   since a label-ordered stream starts with one class that no slice can judge;
+* ``first_served_after_s`` and ``first_served_events``: when the server
+  first answered, in seconds from the start of the run and in events the
+  version had learned: what a warm-up costs;
 * ``newest_version_holdout_auc``: what a server swapping blindly would answer;
 * ``versions_published``, ``versions_promoted``, ``versions_rejected``; and
   ``served``: each version the client saw answer, with its held-out AUC.
@@ -41,15 +46,16 @@ PROCESSES = ("signal", "background")  # the order files are written and publishe
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--events", type=int, default=75_000, help="events per file (default 75000)")
+    parser.add_argument("--events", type=int, default=250_000, help="events per file (default 250000: 1M in all, "
+                        "enough for the learning curve to flatten before the stream ends)")
     parser.add_argument("--signal-files", type=int, default=2, help="signal files, published first (default 2)")
     parser.add_argument("--background-files", type=int, default=2, help="background files, then (default 2)")
     parser.add_argument("--holdout", type=int, default=5_000, help="held-out events per class (default 5000)")
     parser.add_argument("--max-regression", type=float, default=0.01, help="serve.max_regression of the gated run")
     parser.add_argument("--validation-fraction", type=float, default=0.05, help="training.validation_fraction")
-    parser.add_argument("--promote-unjudged", action=argparse.BooleanOptionalAction, default=False,
-                        help="serve.promote_unjudged of the gated run (default off: the first version served is one "
-                             "the validation slice judged)")
+    parser.add_argument("--warm-up", choices=("none", "judged", "settled"), default="settled",
+                        help="serve.warm_up of the gated run (default settled: the first version served is judged "
+                             "and has stopped learning fast)")
     parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
                         help="producer.interleave (default on); --no-interleave publishes the files label-ordered, "
                              "to show what the gate alone prevents")
@@ -80,7 +86,7 @@ def run(args) -> dict:
     return {**gated, "gate_off": ungated, "events": len(files) * args.events, "holdout_events": 2 * args.holdout,
             "order": "label-ordered: every signal file, then every background file",
             "validation_fraction": args.validation_fraction, "interleave": args.interleave,
-            "promote_unjudged": args.promote_unjudged,
+            "warm_up": args.warm_up,
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -116,7 +122,7 @@ def _config(folder: Path, name: str, files: list, max_regression: float | None, 
         "training": {"workers": 2, "checkpoint_every_s": 0.5, "chunks_per_step": 2, "device": "cpu",
                      "validation_fraction": args.validation_fraction},
         "store": {"path": str(folder / "store"), "keep": 100_000},  # every version kept, to score each one
-        "serve": {"max_regression": max_regression, "promote_unjudged": args.promote_unjudged},
+        "serve": {"max_regression": max_regression, "warm_up": args.warm_up},
     })
 
 
@@ -131,6 +137,7 @@ class _HttpScorer(threading.Thread):
 
         self.client, self.model, (self.table, self.labels) = Client(f"http://127.0.0.1:{port}"), model, holdout
         self.served: dict[int, float] = {}  # in the order versions were first seen
+        self.started, self.first_served_s = time.monotonic(), None
         self.stop_event = threading.Event()
 
     def score(self) -> tuple[int, float] | None:
@@ -141,6 +148,8 @@ class _HttpScorer(threading.Thread):
         if version is not None and version not in self.served:
             scores, answered = self.client.predict_arrow(self.model, self.table, version=version)
             self.served[answered] = roc_auc(scores, self.labels)
+            if self.first_served_s is None:
+                self.first_served_s = round(time.monotonic() - self.started, 1)
         return None if version is None else (version, self.served[version])
 
     def run(self) -> None:
@@ -171,7 +180,6 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
         report = produce_on_ray(config, bootstrap)
         if report.failed:
             raise RuntimeError(f"producer failed on {report.as_dict()['failures']}")
-        wait_ready(port, timeout_s=120)
         while True:
             status = ray.get(trainer.status.remote())
             if status["failure"]:
@@ -180,12 +188,14 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
                 break
             time.sleep(0.2)
         final = ray.get(trainer.stop.remote())
-        servable = store.latest_servable()
-        while (scorer.score() or (None,))[0] != servable:  # the server swaps to it within a poll
-            time.sleep(0.1)
+        servable = store.latest_servable()  # None: a warm-up still waiting when the stream ended
+        if servable is not None:
+            wait_ready(port, timeout_s=120)
+            while (scorer.score() or (None,))[0] != servable:  # the server swaps to it within a poll
+                time.sleep(0.1)
         scorer.stop_event.set()
         scorer.join(60)
-        final_version, final_auc = scorer.score()
+        final_version, final_auc = scorer.score() or (None, None)
     finally:
         scorer.stop_event.set()
         server.should_exit = True
@@ -199,10 +209,12 @@ def _one_run(folder: Path, name: str, files: list, holdout, bootstrap: str, max_
     after_judged = [auc for v, auc in served if judged is not None and v >= judged]
     return {
         "best_holdout_auc": round(offline[best], 4), "best_version": best,
-        "final_served_auc": round(final_auc, 4), "final_served_version": final_version,
-        "min_served_auc_after_first_promotion": round(min(auc for _, auc in served), 4),
+        "final_served_auc": final_auc and round(final_auc, 4), "final_served_version": final_version,
+        "min_served_auc_after_first_promotion": round(min(auc for _, auc in served), 4) if served else None,
         "min_served_auc_after_first_judged_promotion": round(min(after_judged), 4) if after_judged else None,
         "first_judged_version": judged,
+        # What a warm-up costs: how far into the run (and the stream) the server first answered.
+        "first_served_after_s": scorer.first_served_s, "first_served_events": metas[served[0][0]].events_seen if served else None,
         "newest_version_holdout_auc": round(offline[max(metas)], 4),
         "versions_published": len(metas), "versions_promoted": sum(m.promoted for m in metas.values()),
         "versions_rejected": sum(not m.promoted for m in metas.values()),

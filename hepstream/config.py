@@ -254,7 +254,11 @@ class FeaturesConfig(_Section):
 
 class TrainingConfig(_Section):
     batch_size: Count = 512
-    learning_rate: float = Field(default=2e-3, gt=0)
+    learning_rate: float = Field(default=1e-2, gt=0, description="Adam's learning rate; the default learns fastest "
+                                 "per event of those measured in docs/training.md")
+    averaging_events: NonNegativeInt = Field(default=20_000, description="Torch models score (and are served) with "
+                                             "their weights averaged over the steps of about this many events, "
+                                             "which takes out the noise of single steps; 0: the trained weights")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunks_per_step: Count = Field(default=8, description="Chunks learned together, shuffled")
     group_wait_s: WaitSeconds = Field(default=2.0, description="Longest wait for a group of chunks to fill")
@@ -442,9 +446,14 @@ class ServeConfig(_Section):
     max_regression: float | None = Field(default=0.01, ge=0, le=1, description="A version is served only when its "
                                          "validation AUC is at most this much below the served version's on the same "
                                          "events; null: every version is served (no gate)")
-    promote_unjudged: bool = Field(default=True, description="Whether a version the validation slice cannot judge yet "
-                                   "(fewer than 500 events of some class) is served; false: nothing is served until "
-                                   "the slice judges a version, so the first one served is judged too")
+    warm_up: Literal["none", "judged", "settled"] = Field(
+        default="none", description="What the first version served must show. none: it is served at once, judged or "
+        "not; judged: the validation slice judged it (500 events of each class), and versions it cannot judge are "
+        "never served; settled: judged, and at most serve.settle_gain AUC better than a version trained on half as "
+        "many events, so it has stopped learning fast. Until then the server answers 503")
+    settle_gain: float = Field(default=0.015, ge=0, le=1, description="With serve.warm_up: settled, the most the "
+                               "first version served may gain in validation AUC over a version trained on half as "
+                               "many events")
 
     @model_validator(mode="before")
     @classmethod
@@ -464,6 +473,23 @@ class ServeConfig(_Section):
             moved[section] = {**into, key: data[old]}
             warnings.warn(f"serve.{old} is deprecated: write serve.{section}.{key}", FutureWarning, stacklevel=2)
         return moved
+
+    @model_validator(mode="before")
+    @classmethod
+    def _promote_unjudged_became_warm_up(cls, data: Any) -> Any:
+        """``serve.promote_unjudged`` (before serve.warm_up) still reads, with a FutureWarning: false held every
+        unjudged version back, as ``warm_up: judged`` does; true is ``none``."""
+        if not isinstance(data, dict) or "promote_unjudged" not in data:
+            return data
+        if "warm_up" in data:
+            raise ValueError("serve.promote_unjudged and serve.warm_up are the same setting: keep serve.warm_up")
+        old = data["promote_unjudged"]
+        if not isinstance(old, bool):
+            return data  # reported as an unknown key
+        warm_up = "none" if old else "judged"
+        warnings.warn(f"serve.promote_unjudged is deprecated: write serve.warm_up: {warm_up}", FutureWarning,
+                      stacklevel=2)
+        return {**{k: v for k, v in data.items() if k != "promote_unjudged"}, "warm_up": warm_up}
 
     @property
     def replica_ports(self) -> range | None:
@@ -551,11 +577,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _something_can_be_judged(self) -> Config:
-        if not self.serve.promote_unjudged and self.serve.max_regression is not None and \
+        if self.serve.warm_up != "none" and self.serve.max_regression is not None and \
                 not self.training.validation_fraction:
-            raise KeyedError("serve.promote_unjudged", "is false, but training.validation_fraction is 0: no version "
-                             "could ever be judged, so none would be served; set a validation_fraction, or "
-                             "promote_unjudged: true")
+            raise KeyedError("serve.warm_up", f"is {self.serve.warm_up}, but training.validation_fraction is 0: no "
+                             "version could ever be judged, so none would be served; set a validation_fraction, or "
+                             "warm_up: none")
         return self
 
 

@@ -283,8 +283,7 @@ class DataParallelTrainer:
         self._learned = False
         self.checkpoints = CheckpointHealth(config.training.checkpoint_every_s)
         self.validation: Reservoir | None = None  # the lineage's, taken from the version each opening starts at
-        self.gate = Gate(self.store, config.serve.max_regression, config.training.validation_events,
-                         config.serve.promote_unjudged)
+        self.gate = Gate.for_config(self.store, config)
 
     def _counters(self, reports: Sequence[dict]) -> dict:
         counters = dict(self.base_counters)

@@ -40,7 +40,7 @@ class _Standalone(nn.Module):
         self.register_buffer("covered", torch.tensor(validity >= 0))
         self.register_buffer("mask_column", torch.tensor(np.maximum(validity, 0)))
         self.values = layout.value_columns
-        self.network = loaded.estimator.module
+        self.network = loaded.estimator.scoring_module
         self.binary = loaded.classes == 2
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:

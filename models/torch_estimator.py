@@ -3,11 +3,19 @@
 Mixed precision is optional (``training.mixed_precision``): bfloat16 autocast
 on CPU, float16 autocast with a gradient scaler on CUDA (float16 gradients
 underflow without one). Parameters and optimiser state stay float32.
+
+What scores (and so what is served) is an average of the weights over the
+last ``training.averaging_events`` events of steps (exponential; a plain mean
+of every step before that many): a stream is learned once with a rate high
+enough to learn fast, and the average takes out the step-to-step noise such a
+rate brings, which would otherwise show as versions a little worse than the
+one before (Polyak averaging; figures in docs/training.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import torch
@@ -51,6 +59,29 @@ class TorchEstimator:
         self._graphs: dict[bool, GraphedStep] = {}  # by whether the loss is weighted
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=training.learning_rate,
                                           fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graphs)
+        self.averaged = None  # the scoring copy of the module, when training.averaging_events is set
+        self.averaged_steps = 0
+        if training.averaging_events:
+            self.averaged = copy.deepcopy(self.module).requires_grad_(False)
+            self.average_rate = min(1.0, training.batch_size / training.averaging_events)
+
+    @property
+    def scoring_module(self) -> nn.Module:
+        """The module that scores events: the averaged weights, or the trained ones without averaging."""
+        return self.module if self.averaged is None else self.averaged
+
+    def _average(self) -> None:
+        """Move the averaged weights towards the trained ones after a step: a mean of every step so far until
+        that is more than ``averaging_events`` of them, then an exponential average over that many."""
+        if self.averaged is None:
+            return
+        self.averaged_steps += 1
+        rate = max(self.average_rate, 1.0 / self.averaged_steps)
+        with torch.no_grad():
+            for average, trained in zip(self.averaged.parameters(), self.module.parameters()):
+                average.lerp_(trained, rate)
+            for average, trained in zip(self.averaged.buffers(), self.module.buffers()):
+                average.copy_(trained)
 
     def _autocast(self):
         if not self.mixed_precision:
@@ -81,9 +112,9 @@ class TorchEstimator:
         return self._graphs[weighted]
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        self.module.eval()
+        module = self.scoring_module.eval()
         with torch.no_grad(), self._autocast():
-            logits = self.module(torch.from_numpy(x).to(self.device))
+            logits = module(torch.from_numpy(x).to(self.device))
         return self._probabilities(logits).cpu().numpy()
 
     def learn(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> np.ndarray | None:
@@ -100,6 +131,7 @@ class TorchEstimator:
             if self.cuda_graphs and start + self.batch_size <= len(x):
                 step = self._graphed(inputs, targets, event_weights is not None)
                 scores.append(self._probabilities(step(inputs[part], targets[part], weights_part).detach()))
+                self._average()
                 continue
             with self._autocast():
                 logits = self.module(inputs[part])
@@ -110,11 +142,15 @@ class TorchEstimator:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self._average()
         return None if scores is None else torch.cat(scores).cpu().numpy()
 
     def state_dict(self) -> dict:
-        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict()}
+        if self.averaged is not None:
+            state.update(averaged=self.averaged.state_dict(), averaged_steps=self.averaged_steps)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._graphs.clear()  # the optimiser's state tensors are replaced: capture again on the next step
@@ -125,3 +161,6 @@ class TorchEstimator:
                 group["capturable"] = self.cuda_graphs
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.averaged is not None:  # a state saved without averaging scores with its trained weights
+            self.averaged.load_state_dict(state.get("averaged", state["model"]))
+            self.averaged_steps = int(state.get("averaged_steps", 0))

@@ -91,8 +91,7 @@ class StreamTrainer:
             self.shuffle = ShuffleBuffer(training.shuffle_chunks, training.chunks_per_step, training.seed)
         self.class_weights = ClassWeights(training.class_weights, config.model.classes)
         self.validation = Reservoir(config.training.validation_events, config.training.seed)
-        self.gate = Gate(self.store, config.serve.max_regression, config.training.validation_events,
-                         config.serve.promote_unjudged)
+        self.gate = Gate.for_config(self.store, config)
         self._dirty = False
         self._resume()
         self.replay = Replay(self.position)

@@ -105,8 +105,8 @@ class Serving:
         self.check_name(name, field)
         model = self.watcher.current
         if model is None:
-            raise RequestError(503, f"model {name!r} has no version loaded yet: "
-                                    f"{self.watcher.last_error or 'none published so far'}", headers={"Retry-After": "1"})
+            raise RequestError(503, f"model {name!r} has no version loaded yet: {self.watcher.why_none()}",
+                               headers={"Retry-After": "1"})
         return model
 
     async def model(self, name: str, version: int | None = None, field: str = "name") -> LoadedModel:

@@ -151,7 +151,7 @@ def v1_router(serving: Serving, max_events: int) -> APIRouter:
     async def ready() -> JSONResponse:
         model = serving.watcher.current
         if model is None:
-            return JSONResponse({"ready": False, "model": serving.model_name, "error": serving.watcher.last_error},
+            return JSONResponse({"ready": False, "model": serving.model_name, "error": serving.watcher.why_none()},
                                 status_code=503, headers={"Retry-After": "1"})
         return JSONResponse({"ready": True, "model": serving.model_name, "version": model.version})
 

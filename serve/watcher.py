@@ -67,6 +67,10 @@ class Store(Protocol):
 
     def load(self, version: int) -> LoadedModel: ...
 
+    def versions(self) -> list[int]: ...
+
+    def read_meta(self, version: int): ...
+
 
 def pin_path(store: Store) -> Path | None:
     """Where the operator's pin of a store's model lives: ``<root>/<model>.pinned.json``, beside its folder.
@@ -155,6 +159,15 @@ class ModelWatcher:
         self._failure: _Failure | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def why_none(self) -> str:
+        """Why no version answers yet, for a 503: the last load error, else the newest version's reason for not
+        being promoted (a warm-up, the gate), else that none is published."""
+        if self.last_error:
+            return self.last_error
+        for row in not_served(self.store, 0, None, most=1):
+            return f"version {row['version']} is not served: {row['why']}"
+        return "none published so far"
 
     @property
     def current(self) -> LoadedModel | None:

@@ -92,7 +92,10 @@ def _produce_and_train(broker, topic, files, store, mixing: bool):
     config = pipeline_config(topic, files, store, producer={"max_chunk_events": 200, "files_in_flight": 1,
                                                             "interleave": mixing},
                              training={"chunks_per_step": 2, "group_wait_s": 0.0, "shuffle_chunks": 32 if mixing else 0,
-                                       "batch_size": 32, "dead_letter": False, "checkpoint_every_s": 1.0})
+                                       "batch_size": 32, "dead_letter": False, "checkpoint_every_s": 1.0,
+                                       # the trained weights: an average over the run would blur what the last
+                                       # steps did, which is what mixing is about
+                                       "averaging_events": 0})
     produced = produce(config, broker.bootstrap).events
     trainer, stop = StreamTrainer(config, broker.bootstrap), threading.Event()
     thread = threading.Thread(target=trainer.run, args=(stop,))

@@ -42,7 +42,7 @@ def test_before_any_version_only_liveness_is_200(server):
     assert requests.get(f"{server.url}/v1/health/live", timeout=5).json() == {"live": True}
     ready = requests.get(f"{server.url}/v1/health/ready", timeout=5)
     assert (ready.status_code, ready.headers["Retry-After"]) == (503, "1")
-    assert ready.json() == {"ready": False, "model": "demo", "error": None}
+    assert ready.json() == {"ready": False, "model": "demo", "error": "none published so far"}
     answer = predict(server, {"events": EVENTS})
     assert (answer.status_code, answer.headers["Retry-After"]) == (503, "1")
     assert "no version loaded yet" in answer.json()["error"]

@@ -28,9 +28,11 @@ def _hepstream(*args) -> subprocess.CompletedProcess:
 
 
 def _zeroed(parts):
-    """A broken candidate: the trainer's state with every weight of the network zeroed (scores all 0.5)."""
+    """A broken candidate: the trainer's state with every weight of the network zeroed (scores all 0.5), the
+    averaged weights that score too."""
     model_state, meta, state, checkpoint = parts
-    model_state = {**model_state, "model": {k: torch.zeros_like(v) for k, v in model_state["model"].items()}}
+    model_state = {**model_state, **{part: {k: torch.zeros_like(v) for k, v in model_state[part].items()}
+                                     for part in ("model", "averaged")}}
     return model_state, meta, state, checkpoint
 
 
@@ -93,6 +95,43 @@ def test_a_broken_version_is_never_served_and_an_operator_can_force_it(broker, u
                  what=f"the forced version {broken} served")
         assert store.read_meta(broken).promotion_reason.startswith("forced by")
         assert requests.post(predict, json=event, timeout=10).json()["scores"] == [0.5]
+
+
+def test_a_settled_warm_up_serves_nothing_while_each_doubling_of_the_events_still_pays(broker, unique_topic,
+                                                                                      tmp_path, standins):
+    sections = {"producer": {"max_chunk_events": 200},
+                "training": {"validation_fraction": 0.4, "validation_events": 1000, "checkpoint_every_s": 3600},
+                "serve": {"warm_up": "settled", "settle_gain": 0.001}}
+    phases = []
+    for i, (name, events) in enumerate([("a", 1000), ("b", 1000), ("c", 4000)]):
+        (tmp_path / name).mkdir()
+        phases.append(labelled_pair(tmp_path / name, events, events, seed=23 + i))
+    config = pipeline_config(unique_topic, [f for files in phases for f in files], tmp_path / "store", **sections)
+    trainer, published = StreamTrainer(config, broker.bootstrap), 0
+    for files in phases:  # the stream grows by phases, the last twice all before it: a version at each end
+        published += produce(pipeline_config(unique_topic, files, tmp_path / "store", **sections),
+                             broker.bootstrap).events
+        _train_until(trainer, lambda t: t.counters["events_trained"] + t.counters["events_validation"] >= published)
+    store = ModelStore(config.store.path, "m")
+    metas = list(map(store.read_meta, store.versions()))
+    reasons = [meta.promotion_reason for meta in metas]
+    assert len(metas) == 3 and store.latest_servable() is None, reasons  # the server answers 503 all along
+    assert not any(meta.promoted for meta in metas), reasons
+    assert all(r.startswith(("held back", "warming up", "still learning")) for r in reasons), reasons
+    last = metas[-1]  # judged, and compared with the newest version trained on half its events or fewer
+    assert last.promotion_reason.startswith("still learning (serve.warm_up: settled): validation AUC"), reasons
+    assert f"above the version trained on {metas[1].events_seen} events" in last.promotion_reason, reasons
+    assert 2 * metas[1].events_seen <= last.events_seen and "(serve.settle_gain 0.001)" in last.promotion_reason
+
+    app = create_app(store, model_name="m", settings=standins.quick_settings())
+    with standins.ServedApp(app) as server:  # a client asking is told why nothing answers yet
+        ready = requests.get(f"{server.url}/v1/health/ready", timeout=5)
+        assert ready.status_code == 503
+        assert ready.json()["error"] == f"version {len(metas)} is not served: {last.promotion_reason}"
+        event = {"events": [{b.name: [30.0] if b.jagged else 1.0 for b in store.load(1).inputs}]}
+        answer = requests.post(f"{server.url}/v1/models/m/predict", json=event, timeout=5)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+        assert answer.json()["error"].endswith(f"is not served: {last.promotion_reason}")
 
 
 def test_versions_from_before_the_gate_are_served(tmp_path, standins):

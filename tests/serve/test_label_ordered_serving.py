@@ -2,7 +2,7 @@
 
 Every signal file is published before any background file would be, by two
 Ray producer actors to the embedded broker; two trainer workers learn it with
-a validation slice and the quality gate on (serve.promote_unjudged: false), and the FastAPI app answers from
+a validation slice and the quality gate on (serve.warm_up: judged), and the FastAPI app answers from
 the store over HTTP while a client scores held-out events with each version it
 swaps to (the machinery of ``hepstream bench quality``, on small files).
 """
@@ -34,7 +34,7 @@ def test_served_versions_never_fall_behind_and_the_last_is_the_best(broker, uniq
     files = [(generate_file(tmp_path / f"signal-{i}.root", "signal", events, 41 + i), 1) for i in range(2)]
     files += [(generate_file(tmp_path / f"background-{i}.root", "background", events, 43 + i), 0) for i in range(2)]
     holdout = quality._holdout(Path(tmp_path), 2_000, 50)
-    args = Namespace(validation_fraction=0.3, interleave=True, promote_unjudged=False)
+    args = Namespace(validation_fraction=0.3, interleave=True, warm_up="judged")
     result = quality._one_run(Path(tmp_path), unique_topic, files, holdout, broker.bootstrap, 0.01, args)
 
     assert result["events_trained"] + result["events_validation"] == 4 * events
@@ -43,8 +43,8 @@ def test_served_versions_never_fall_behind_and_the_last_is_the_best(broker, uniq
     # Mixed on the way in, the stream does not end with one class: the last version is (nearly) the best one.
     assert result["final_served_auc"] >= result["best_holdout_auc"] - 0.02, result
     assert result["final_served_auc"] > 0.75, result
-    # serve.promote_unjudged: false, so the first version served is one the slice judged, and from it on no
-    # swap serves a version worse than one served before it.
+    # serve.warm_up: judged, so the first version served is one the slice judged, and from it on no swap
+    # serves a version worse than one served before it.
     assert result["served"][0][0] == result["first_judged_version"], result
     served = [auc for _, auc in result["served"]]
     for i, auc in enumerate(served):
